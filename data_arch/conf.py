@@ -1,0 +1,287 @@
+"""The one place data_arch reads its settings.
+
+Everything lives in a single ``DATA_ARCH`` dict in the project's settings, one sub-dict per
+capability. Settings are read when a function below is called -- never at import time -- so
+``override_settings`` works, and every value is validated here, with an error that names the
+key, the value and what was expected.
+
+    DATA_ARCH = {
+        "TENANCY": {...},
+        "PARTITIONS": {...},
+        "ROUTER": {...},
+        "CACHE": {...},
+    }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = [
+    "CacheSettings",
+    "PartitionSettings",
+    "RouterSettings",
+    "TenancySettings",
+    "cache_settings",
+    "configuration_errors",
+    "partition_settings",
+    "raw",
+    "router_settings",
+    "tenancy_settings",
+]
+
+SECTIONS = ("TENANCY", "PARTITIONS", "ROUTER", "CACHE", "CELERY")
+
+
+class SettingError(ImproperlyConfigured):
+    """A ``DATA_ARCH`` value is wrong; the message names the key."""
+
+
+def raw() -> Mapping[str, Any]:
+    value = getattr(settings, "DATA_ARCH", {})
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingError(f"settings.DATA_ARCH must be a dict, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(SECTIONS))
+    if unknown:
+        raise SettingError(
+            f"DATA_ARCH has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known sections: {', '.join(SECTIONS)}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- validators
+
+Validator = Callable[[str, Any], Any]
+
+
+def _name(section: str, key: str) -> str:
+    return f"DATA_ARCH[{section!r}][{key!r}]"
+
+
+def positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SettingError(f"{name} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")
+    return value
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    return positive_int(name, value, allow_zero=True)
+
+
+def optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else positive_int(name, value)
+
+
+def non_negative_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingError(f"{name} must be a number, got {value!r}")
+    if value < 0:
+        raise SettingError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    number = non_negative_number(name, value)
+    if number == 0:
+        raise SettingError(f"{name} must be > 0, got {value}")
+    return number
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def string(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise SettingError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def optional_string(name: str, value: Any) -> str | None:
+    return None if value is None else string(name, value)
+
+
+def one_of(*choices: str) -> Validator:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise SettingError(
+                f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+        return value
+
+    return check
+
+
+def database_alias(name: str, value: Any) -> str:
+    alias = string(name, value)
+    if alias not in settings.DATABASES:
+        raise SettingError(
+            f"{name} is {alias!r}, which is not in settings.DATABASES "
+            f"(aliases: {', '.join(sorted(settings.DATABASES))})"
+        )
+    return alias
+
+
+def database_aliases(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SettingError(f"{name} must be a list of database aliases, got {value!r}")
+    return tuple(database_alias(f"{name}[{i}]", item) for i, item in enumerate(value))
+
+
+def cache_alias(name: str, value: Any) -> str:
+    alias = string(name, value)
+    if alias not in settings.CACHES:
+        raise SettingError(
+            f"{name} is {alias!r}, which is not in settings.CACHES "
+            f"(aliases: {', '.join(sorted(settings.CACHES))})"
+        )
+    return alias
+
+
+# --------------------------------------------------------------------------- loader
+
+T = TypeVar("T")
+
+
+def _load(section: str, cls: type[T]) -> T:
+    """Build the ``cls`` dataclass from ``DATA_ARCH[section]``, validating every key."""
+    value = raw().get(section, {})
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise SettingError(f"DATA_ARCH[{section!r}] must be a dict, got {type(value).__name__}")
+    fields = {f.name.upper(): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise SettingError(
+            f"DATA_ARCH[{section!r}] has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, item in value.items():
+        validate: Validator | None = fields[key].metadata.get("validate")
+        kwargs[fields[key].name] = validate(_name(section, key), item) if validate else item
+    instance = cls(**kwargs)
+    post = getattr(instance, "validate", None)
+    if post is not None:
+        post()
+    return instance
+
+
+def _field(default: Any, validate: Validator, *, factory: bool = False) -> Any:
+    if factory:
+        return dataclasses.field(default_factory=default, metadata={"validate": validate})
+    return dataclasses.field(default=default, metadata={"validate": validate})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class TenancySettings:
+    #: Header that names the tenant for row-level tenancy (``None`` to disable).
+    header: str | None = _field("X-Tenant", optional_string)
+    #: Resolve the row-level tenant from the left-most subdomain of the host.
+    subdomain: bool = _field(False, boolean)
+    #: The PostgreSQL custom setting that carries the tenant id for Row-Level Security.
+    rls_setting: str = _field("data_arch.tenant_id", string)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    #: Months to keep created ahead of the current one.
+    ahead: int = _field(3, non_negative_int)
+    #: Months to keep; ``None`` keeps everything.
+    retain: int | None = _field(None, optional_positive_int)
+    #: What retention does with an expired partition.
+    retention_mode: str = _field("drop", one_of("drop", "detach", "archive"))
+    #: Schema that ``archive`` moves partitions into.
+    archive_schema: str = _field("archive", string)
+    #: ``lock_timeout`` for each DDL statement, in milliseconds.
+    lock_timeout_ms: int = _field(100, positive_int)
+    #: Attempts per DDL statement when the lock times out.
+    lock_retries: int = _field(10, positive_int)
+    #: Rows moved per committed batch when draining the default partition.
+    drain_batch_size: int = _field(5000, positive_int)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterSettings:
+    #: The primary's alias; writes and migrations go here.
+    primary: str = _field("default", database_alias)
+    #: Replica aliases reads may go to.
+    replicas: tuple[str, ...] = _field(tuple, database_aliases, factory=True)
+    #: Seconds reads stay on the primary (or a caught-up replica) after a write.
+    sticky_seconds: float = _field(5.0, non_negative_number)
+    #: A replica lagging more than this many seconds is skipped.
+    max_lag_seconds: float = _field(10.0, positive_number)
+    #: How long a health probe result is trusted, in seconds.
+    health_ttl: float = _field(2.0, positive_number)
+    #: What reads do when no replica is healthy.
+    no_healthy_replica: str = _field("primary", one_of("primary", "error"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    #: The django-redis cache alias the helpers use.
+    alias: str = _field("default", cache_alias)
+    #: Default TTL in seconds.
+    timeout: int = _field(300, positive_int)
+    #: Keep decoded values in an in-process L1 in front of Redis.
+    l1: bool = _field(False, boolean)
+    #: Key prefix in Redis.
+    prefix: str = _field("da", string)
+
+
+@dataclasses.dataclass(frozen=True)
+class CelerySettings:
+    #: Queue the data_arch tasks are sent to.
+    queue: str | None = _field(None, optional_string)
+
+
+def tenancy_settings() -> TenancySettings:
+    return _load("TENANCY", TenancySettings)
+
+
+def partition_settings() -> PartitionSettings:
+    return _load("PARTITIONS", PartitionSettings)
+
+
+def router_settings() -> RouterSettings:
+    return _load("ROUTER", RouterSettings)
+
+
+def cache_settings() -> CacheSettings:
+    return _load("CACHE", CacheSettings)
+
+
+def celery_settings() -> CelerySettings:
+    return _load("CELERY", CelerySettings)
+
+
+def configuration_errors() -> list[str]:
+    """Every problem in ``DATA_ARCH``, one message each; empty when valid."""
+    try:
+        raw()
+    except SettingError as exc:
+        return [str(exc)]
+    errors = []
+    for load in (tenancy_settings, partition_settings, router_settings, cache_settings,
+                 celery_settings):
+        try:
+            load()
+        except SettingError as exc:
+            errors.append(str(exc))
+    return errors

