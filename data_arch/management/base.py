@@ -1,0 +1,48 @@
+"""The ``--tenant`` / ``--all-tenants`` options every data_arch command shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from data_arch.tenancy import InvalidTenantError, iter_tenants, resolve_tenant, tenant_context
+
+
+class TenantCommand(BaseCommand):
+    """A command that runs once, or once per tenant (``--tenant SCHEMA`` / ``--all-tenants``)."""
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--tenant", metavar="SCHEMA", help="run for this tenant's schema only")
+        group.add_argument("--all-tenants", action="store_true", help="run for every tenant")
+
+    def tenants(self, options: dict[str, Any]) -> list[Any] | None:
+        """The tenants to run for; None means 'no tenant' (shared/public data)."""
+        if options.get("tenant"):
+            try:
+                return [resolve_tenant(options["tenant"])]
+            except InvalidTenantError as exc:
+                raise CommandError(f"--tenant: {exc}") from None
+        if options.get("all_tenants"):
+            return list(iter_tenants())
+        return None
+
+    def for_each_tenant(self, options: dict[str, Any], work: Callable[[Any], Any]) -> list[Any]:
+        """Run ``work(tenant)`` per selected tenant inside its context, showing progress."""
+        tenants = self.tenants(options)
+        if tenants is None:
+            return [work(None)]
+        results = []
+        total = len(tenants)
+        for number, tenant in enumerate(tenants, 1):
+            if total > 1 and options.get("verbosity", 1) >= 1:
+                self.stderr.write(f"[{number}/{total}] {tenant.schema_name}")
+            with tenant_context(tenant):
+                results.append(work(tenant))
+        return results
+
+    def write_json(self, data: Any) -> None:
+        self.stdout.write(json.dumps(data, indent=2, default=str))
