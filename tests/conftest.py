@@ -3,14 +3,29 @@ from django_tenants.utils import get_public_schema_name, schema_context
 
 from tests.factories import ClientFactory
 
+TENANT_SCHEMAS = ("tenant_a", "tenant_b")
+
 
 @pytest.fixture(scope="session")
-def tenant_schemas(django_db_setup, django_db_blocker):
-    """Two tenant schemas, migrated once per session (creating a schema runs migrations)."""
+def _migrated_tenant_schemas(django_db_setup, django_db_blocker):
+    """Create and migrate the test tenants' schemas once per session (it runs migrations)."""
     with django_db_blocker.unblock():
-        for schema in ("tenant_a", "tenant_b"):
+        for schema in TENANT_SCHEMAS:
             ClientFactory(schema_name=schema)
-    return ("tenant_a", "tenant_b")
+    return TENANT_SCHEMAS
+
+
+@pytest.fixture
+def tenant_schemas(_migrated_tenant_schemas, django_db_blocker):
+    """Two tenants, tenant_a and tenant_b, whose schemas exist and are migrated.
+
+    A ``transaction=True`` test flushes the tenant rows (not the schemas) when it ends, so the
+    rows are put back here before each test; with the schema already there that is cheap.
+    """
+    with django_db_blocker.unblock():
+        for schema in TENANT_SCHEMAS:
+            ClientFactory(schema_name=schema)
+    return TENANT_SCHEMAS
 
 
 @pytest.fixture
@@ -18,8 +33,6 @@ def tenant(tenant_schemas, db):
     """A django-tenants tenant whose schema exists and is migrated."""
     from example_project.customers.models import Client
 
-    client, _ = Client.objects.get_or_create(
-        schema_name=tenant_schemas[0], defaults={"name": "Tenant A"}
-    )
+    client = Client.objects.get(schema_name=tenant_schemas[0])
     with schema_context(get_public_schema_name()):
         yield client
