@@ -68,10 +68,16 @@ def on_commit(callback: Callable[[], Any], using: str, key: Hashable) -> None:
     if state is None or state[0] is not connection.run_on_commit:
         state = (connection.run_on_commit, set())
         setattr(connection, _ATTR, state)
-    if key in state[1]:
+    pending = state[1]
+    if key in pending:
         return
-    state[1].add(key)
-    transaction.on_commit(callback, using=using)
+    pending.add(key)
+
+    def run() -> None:
+        pending.discard(key)
+        callback()
+
+    transaction.on_commit(run, using=using)
 
 
 def _namespace_for_write(using: str):
