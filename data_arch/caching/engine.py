@@ -448,6 +448,8 @@ class CacheAside:
             self._release(lock_key, token, spec.name)
             raise
         px = int((timeout + (stale_ttl if negative is None else 0)) * 1000)
+        l1 = self._l1 if self.settings.l1 else None
+        epoch = l1.epoch if l1 is not None else 0
         try:
             stored = self._call(
                 spec.name, "storing",
@@ -458,6 +460,8 @@ class CacheAside:
             )
             if not stored:
                 metrics.record("store_skipped", self.alias, spec.name)
+            elif l1 is not None and negative is None:
+                l1.put(value_key, envelope, gen_keys, epoch)
         except _RedisDown:
             pass
         if negative is not None:
