@@ -106,7 +106,7 @@ class Subscriber(threading.Thread):
                 pubsub = self.client_factory().pubsub(ignore_subscribe_messages=False)
                 pubsub.subscribe(self.channel)
                 while not self.stopping.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=0.2)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":

@@ -299,3 +299,21 @@ def test_checks(settings):
     settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {"ALIAS": "local"}}
     assert [m.id for m in check_cache()] == ["data_arch.E400"]
     assert all(isinstance(m, checks.CheckMessage) for m in check_cache())
+
+
+def test_prometheus_hook_mirrors_the_counters():
+    from prometheus_client import CollectorRegistry
+
+    from data_arch.caching.prometheus import install
+
+    registry = CollectorRegistry()
+    listener = install(registry)
+    try:
+        get_or_load("prom", lambda: 1, 60)
+        get_or_load("prom", lambda: 1, 60)
+        labels = {"alias": "default", "name": "prom"}
+        assert registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "hit"}) == 1
+        assert registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "miss"}) == 1
+        assert registry.get_sample_value("data_arch_cache_load_seconds_count", labels) == 1
+    finally:
+        metrics.remove_listener(listener)
