@@ -9,9 +9,8 @@ from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from data_arch import conf
 from data_arch.caching import invalidation
-from data_arch.caching.engine import Spec, check_alias, engine
+from data_arch.caching.engine import Spec, cache_settings, check_alias, engine
 from data_arch.caching.keys import CacheKeyError, Namespace, argument_digest, safe_part
 from data_arch.tenancy.context import Tenant, as_tenant, current_tenant
 
@@ -54,7 +53,7 @@ def _public_schema() -> str:
 
 def namespace(tenant: Any = ...) -> Namespace:
     """The cache namespace of ``tenant`` (default: current tenant; ``None``: shared)."""
-    return Namespace(conf.cache_settings().prefix, _tenant_key(tenant))
+    return Namespace(cache_settings().prefix, _tenant_key(tenant))
 
 
 def _check_timeout(what: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -146,7 +145,7 @@ def get_or_load(
     if alias is not None:
         check_alias(alias)
     name = key if isinstance(key, str) else (key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else "get_or_load")
-    timeout = conf.cache_settings().timeout if timeout is None else timeout
+    timeout = cache_settings().timeout if timeout is None else timeout
     spec = _spec(safe_part(name), timeout, models, tags, stale_ttl, negative, negative_timeout)
     for label in spec.models:
         invalidation.watch(label, alias)
@@ -186,6 +185,11 @@ def cached(
     def decorate(func: F) -> F:
         if not callable(func):
             raise TypeError(f"@cached decorates functions, got {func!r}")
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"@cached cannot cache the async function {func.__qualname__}: it would cache the "
+                "coroutine, not its result; cache a sync helper it awaits via sync_to_async"
+            )
         if isinstance(func, (classmethod, staticmethod)):
             raise TypeError("put @cached below @classmethod/@staticmethod, next to the function")
         label = name or f"{func.__module__}.{func.__qualname__}"
@@ -210,7 +214,7 @@ def cached(
             return argument_digest(dict(bound.arguments), f"{label}() argument")
 
         def spec() -> Spec:
-            ttl = conf.cache_settings().timeout if timeout is None else timeout
+            ttl = cache_settings().timeout if timeout is None else timeout
             return _spec(safe_part(label), ttl, *spec_args)
 
         @functools.wraps(func)

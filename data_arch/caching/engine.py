@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from data_arch import conf
 from data_arch.caching import metrics
@@ -94,6 +96,23 @@ _BUMP = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('INCR', KEYS[1])
 """
+
+
+_settings: dict[str, conf.CacheSettings] = {}
+
+
+def cache_settings() -> conf.CacheSettings:
+    """``conf.cache_settings()``, re-read only when a setting changes (tests, override_settings)."""
+    found = _settings.get("cache")
+    if found is None:
+        found = _settings["cache"] = conf.cache_settings()
+    return found
+
+
+@receiver(setting_changed)
+def _settings_changed(setting: str, **kwargs: Any) -> None:
+    if setting in ("DATA_ARCH", "CACHES"):
+        _settings.clear()
 
 
 class CacheAliasError(LookupError):
@@ -172,7 +191,7 @@ class CacheAside:
 
     @property
     def settings(self) -> conf.CacheSettings:
-        return conf.cache_settings()
+        return cache_settings()
 
     def client(self) -> Any:
         if self._client is not None:
@@ -382,7 +401,13 @@ class CacheAside:
             return _MISSING
         if not acquired:
             return _MISSING
-        return self._load_and_store(gen_keys, value_key, lock_key, token, generations, spec, loader)
+        try:
+            return self._load_and_store(gen_keys, value_key, lock_key, token, generations, spec, loader)
+        except Exception:  # noqa: BLE001 -- the value in hand is still good to serve
+            logger.warning("refreshing %s on %r failed; serving the cached value", spec.name,
+                           self.alias, exc_info=True)
+            metrics.record("refresh_error", self.alias, spec.name)
+            return _MISSING
 
     def _load_with_lease(self, gen_keys, value_key, lock_key, spec, loader) -> Any:
         settings = self.settings
@@ -549,7 +574,7 @@ _engines_lock = threading.Lock()
 
 def engine(alias: str | None = None) -> CacheAside:
     """The engine of ``alias`` (default: ``DATA_ARCH['CACHE']['ALIAS']``)."""
-    alias = alias or conf.cache_settings().alias
+    alias = alias or cache_settings().alias
     found = _engines.get(alias)
     if found is None:
         check_alias(alias)

@@ -83,19 +83,19 @@ def on_commit(callback: Callable[[], Any], using: str, key: Hashable) -> None:
 def _namespace_for_write(using: str):
     from django.conf import settings
 
-    from data_arch import conf
+    from data_arch.caching.engine import cache_settings
     from data_arch.caching.keys import Namespace
     from data_arch.tenancy.context import current_tenant
 
     tenant = current_tenant()
     if tenant is not None:
-        return Namespace(conf.cache_settings().prefix, tenant.key)
+        return Namespace(cache_settings().prefix, tenant.key)
     schema = getattr(connections[using], "schema_name", None)
     if schema and schema != getattr(settings, "PUBLIC_SCHEMA_NAME", "public"):
         from data_arch.tenancy.context import Tenant
 
-        return Namespace(conf.cache_settings().prefix, Tenant(pk=None, schema_name=schema).key)
-    return Namespace(conf.cache_settings().prefix, None)
+        return Namespace(cache_settings().prefix, Tenant(pk=None, schema_name=schema).key)
+    return Namespace(cache_settings().prefix, None)
 
 
 def model_written(model: type, using: str) -> None:

@@ -12,10 +12,13 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def hosts(tenant_schemas):
+    from django.db import connection
+
     hosts = {schema: f"{schema.replace('_', '-')}.localhost" for schema in tenant_schemas}
     for schema, host in hosts.items():
         DomainFactory(tenant=Client.objects.get(schema_name=schema), domain=host)
-    return hosts
+    yield hosts
+    connection.set_schema_to_public()  # the tenant middleware leaves the last request's schema
 
 
 def test_dashboard_is_cached_per_tenant_and_invalidated_by_orders(

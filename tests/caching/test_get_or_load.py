@@ -317,3 +317,10 @@ def test_prometheus_hook_mirrors_the_counters():
         assert registry.get_sample_value("data_arch_cache_load_seconds_count", labels) == 1
     finally:
         metrics.remove_listener(listener)
+
+
+def test_async_functions_are_refused_at_definition():
+    with pytest.raises(TypeError, match="cannot cache the async function"):
+        @cached(60)
+        async def f():
+            return 1

@@ -156,3 +156,16 @@ def test_without_stale_ttl_an_expired_value_is_a_miss():
     time.sleep(0.3)
     assert get_or_load("plain", lambda: "v2", 0.2) == "v2"
     assert metrics.total("stale") == 0
+
+
+def test_a_failed_refresh_keeps_serving_the_stale_value(cache_settings, caplog):
+    cache_settings(XFETCH_BETA=0.0)
+    get_or_load("flaky", lambda: "v1", 0.2, stale_ttl=30)
+    time.sleep(0.3)
+
+    def broken():
+        raise ConnectionError("upstream down")
+
+    assert get_or_load("flaky", broken, 0.2, stale_ttl=30) == "v1"
+    assert metrics.total("refresh_error") == 1
+    assert "serving the cached value" in caplog.text
