@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -213,9 +214,12 @@ def cached(
             bound.apply_defaults()
             return argument_digest(dict(bound.arguments), f"{label}() argument")
 
+        fixed = _spec(safe_part(label), timeout or 1, *spec_args)
+
         def spec() -> Spec:
-            ttl = cache_settings().timeout if timeout is None else timeout
-            return _spec(safe_part(label), ttl, *spec_args)
+            if timeout is not None:
+                return fixed
+            return dataclasses.replace(fixed, timeout=float(cache_settings().timeout))
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

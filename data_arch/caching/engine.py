@@ -331,11 +331,15 @@ class CacheAside:
         lock_key = namespace.lock_key(spec.name, digest)
 
         l1 = self.l1()
+        early = False
         if l1 is not None:
             envelope = l1.get(value_key, gen_keys)
-            if envelope is not None:
-                metrics.record("l1_hit", self.alias, spec.name)
-                return self._unwrap(envelope, spec)
+            if envelope is not None and self._usable(envelope, spec):
+                # XFetch applies to L1 hits too, or a key served from L1 would only ever expire.
+                early = self._xfetch(envelope, time.time(), settings.xfetch_beta)
+                if not early:
+                    metrics.record("l1_hit", self.alias, spec.name)
+                    return self._unwrap(envelope, spec)
         epoch = l1.epoch if l1 is not None else 0
 
         try:
@@ -344,12 +348,12 @@ class CacheAside:
             return self._run_loader(spec, loader)[0]
         generations = raw[:-1]
         envelope = self.decode(raw[-1])
-        if envelope is not None and None not in generations and (
+        if envelope is not None and self._usable(envelope, spec) and None not in generations and (
             list(envelope.generations) == [int(g) for g in generations]
         ):
             now = time.time()
             if now < envelope.expires:
-                if self._xfetch(envelope, now, settings.xfetch_beta):
+                if early or self._xfetch(envelope, now, settings.xfetch_beta):
                     refreshed = self._try_refresh(namespace, gen_keys, value_key, lock_key, spec, loader)
                     if refreshed is not _MISSING:
                         metrics.record("early_refresh", self.alias, spec.name)
@@ -374,12 +378,18 @@ class CacheAside:
             return False
         return now - envelope.delta * beta * math.log(1.0 - random.random()) >= envelope.expires
 
+    @staticmethod
+    def _usable(envelope: Envelope, spec: Spec) -> bool:
+        """A remembered failure is only usable by a caller that asked for that exception."""
+        if envelope.negative is None:
+            return True
+        return any(_type_name(t) == envelope.negative.get("type") for t in spec.negative)
+
     def _unwrap(self, envelope: Envelope, spec: Spec) -> Any:
         if envelope.negative is not None:
             for exc_type in spec.negative:
                 if _type_name(exc_type) == envelope.negative.get("type"):
                     raise exc_type(*envelope.negative.get("args", []))
-            return _MISSING_NEGATIVE
         return envelope.value
 
     # ----------------------------------------------------------------- loads
@@ -434,7 +444,7 @@ class CacheAside:
             except _RedisDown:
                 return self._run_loader(spec, loader)[0]
             envelope = self.decode(raw[-1])
-            if envelope is not None and None not in raw[:-1] and (
+            if envelope is not None and self._usable(envelope, spec) and None not in raw[:-1] and (
                 list(envelope.generations) == [int(g) for g in raw[:-1]]
                 and time.time() < envelope.expires
             ):
@@ -561,7 +571,6 @@ class _Missing:
 
 
 _MISSING = _Missing()
-_MISSING_NEGATIVE = None
 
 
 def _type_name(exc_type: type) -> str:

@@ -102,7 +102,8 @@ def model_written(model: type, using: str) -> None:
     """Schedule the bump of ``model``'s generation (and its concrete parents') on commit."""
     from data_arch.caching.engine import engine
 
-    labels = [m._meta.label_lower for m in (model, *model._meta.get_parent_list())]
+    related = (model, model._meta.concrete_model, *model._meta.get_parent_list())
+    labels = list(dict.fromkeys(m._meta.label_lower for m in related))
     labels = [label for label in labels if label in _watched]
     if not labels:
         return
@@ -126,8 +127,9 @@ def _wrap(method_name: str) -> None:
     @functools.wraps(original)
     def wrapper(self: QuerySet, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        if self.model._meta.label_lower in _watched or any(
-            parent._meta.label_lower in _watched for parent in self.model._meta.get_parent_list()
+        meta = self.model._meta
+        if meta.label_lower in _watched or meta.concrete_model._meta.label_lower in _watched or any(
+            parent._meta.label_lower in _watched for parent in meta.get_parent_list()
         ):
             using = args[0] if method_name == "_raw_delete" and args else kwargs.get("using", self.db)
             model_written(self.model, using)

@@ -324,3 +324,15 @@ def test_async_functions_are_refused_at_definition():
         @cached(60)
         async def f():
             return 1
+
+
+def test_a_remembered_failure_is_not_served_to_callers_that_did_not_ask_for_it():
+    class Gone(Exception):
+        pass
+
+    def missing():
+        raise Gone("no such row")
+
+    with pytest.raises(Gone):
+        get_or_load("row", missing, 60, negative=Gone, negative_timeout=30)
+    assert get_or_load("row", lambda: "found", 60) == "found"

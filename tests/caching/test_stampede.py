@@ -169,3 +169,17 @@ def test_a_failed_refresh_keeps_serving_the_stale_value(cache_settings, caplog):
     assert get_or_load("flaky", broken, 0.2, stale_ttl=30) == "v1"
     assert metrics.total("refresh_error") == 1
     assert "serving the cached value" in caplog.text
+
+
+@pytest.mark.slow
+def test_xfetch_also_refreshes_keys_served_from_l1(cache_settings, loads):
+    cache_settings(XFETCH_BETA=1.0, L1=True)
+    assert engine().wait_for_l1()
+    loader = _counted_loader(0.2, "hot")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert get_or_load("hot-l1", loader, 1) == "hot"
+        time.sleep(0.005)
+    assert metrics.total("l1_hit") > 0
+    assert metrics.total("miss") == 1, "a key served from L1 expired instead of being refreshed"
+    assert metrics.total("early_refresh") >= 1
