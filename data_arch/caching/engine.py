@@ -49,20 +49,23 @@ MAGIC = b"DA1\n"
 
 # Seeds a missing generation counter with the clock (in microseconds) so that if Redis ever
 # evicts a counter, its new value is still larger than any value it had before.
+# KEYS: generation keys..., value key, lock key. ARGV: seed, token, px.
+# Returns the generations, whether the lease was taken and the current value, so a caller
+# waiting for another's load needs one round trip per poll, and one that takes a lease just
+# after the previous holder stored the value sees that value instead of loading again.
 _ACQUIRE = """
-local n = #KEYS - 1
+local n = #KEYS - 2
 local out = {}
 for i = 1, n do
     redis.call('SET', KEYS[i], ARGV[1], 'NX')
     out[i] = redis.call('GET', KEYS[i])
 end
-if ARGV[2] == '' then
-    out[n + 1] = 1
-elseif redis.call('SET', KEYS[n + 1], ARGV[2], 'NX', 'PX', ARGV[3]) then
+if redis.call('SET', KEYS[n + 2], ARGV[2], 'NX', 'PX', ARGV[3]) then
     out[n + 1] = 1
 else
     out[n + 1] = 0
 end
+out[n + 2] = redis.call('GET', KEYS[n + 1])
 return out
 """
 
@@ -354,7 +357,7 @@ class CacheAside:
             now = time.time()
             if now < envelope.expires:
                 if early or self._xfetch(envelope, now, settings.xfetch_beta):
-                    refreshed = self._try_refresh(namespace, gen_keys, value_key, lock_key, spec, loader)
+                    refreshed = self._try_refresh(envelope, gen_keys, value_key, lock_key, spec, loader)
                     if refreshed is not _MISSING:
                         metrics.record("early_refresh", self.alias, spec.name)
                         return refreshed
@@ -364,7 +367,7 @@ class CacheAside:
                 return self._unwrap(envelope, spec)
             stale_ttl = settings.stale_ttl if spec.stale_ttl is None else spec.stale_ttl
             if stale_ttl > 0 and envelope.negative is None:
-                refreshed = self._try_refresh(namespace, gen_keys, value_key, lock_key, spec, loader)
+                refreshed = self._try_refresh(envelope, gen_keys, value_key, lock_key, spec, loader)
                 if refreshed is not _MISSING:
                     return refreshed
                 metrics.record("stale", self.alias, spec.name)
@@ -394,23 +397,35 @@ class CacheAside:
 
     # ----------------------------------------------------------------- loads
 
-    def _acquire(self, gen_keys: list[str], lock_key: str, token: str, name: str) -> tuple[list[int], bool]:
+    def _acquire(self, gen_keys: list[str], value_key: str, lock_key: str, token: str,
+                 name: str) -> tuple[list[int], bool, bytes | None]:
         px = str(int(self.settings.lock_timeout * 1000))
         result = self._call(
             name, "taking the loader lease",
-            lambda: self._script("acquire", _ACQUIRE)(keys=[*gen_keys, lock_key], args=[_seed(), token, px]),
+            lambda: self._script("acquire", _ACQUIRE)(
+                keys=[*gen_keys, value_key, lock_key], args=[_seed(), token, px]
+            ),
         )
-        return [int(g) for g in result[:-1]], bool(int(result[-1]))
+        n = len(gen_keys)
+        blob = result[n + 1] if len(result) > n + 1 else None
+        return [int(g) for g in result[:n]], bool(int(result[n])), blob or None
 
-    def _try_refresh(self, namespace, gen_keys, value_key, lock_key, spec, loader) -> Any:
+    def _try_refresh(self, seen: Envelope, gen_keys, value_key, lock_key, spec, loader) -> Any:
         """Refresh now if no one else is; ``_MISSING`` when another caller holds the lease."""
         token = uuid.uuid4().hex
         try:
-            generations, acquired = self._acquire(gen_keys, lock_key, token, spec.name)
+            generations, acquired, blob = self._acquire(gen_keys, value_key, lock_key, token, spec.name)
         except _RedisDown:
             return _MISSING
         if not acquired:
             return _MISSING
+        current = self.decode(blob)
+        if current is not None and current.expires > seen.expires and (
+            list(current.generations) == generations and self._usable(current, spec)
+        ):
+            # Someone refreshed between our read and our lease: use theirs.
+            self._release(lock_key, token, spec.name)
+            return self._unwrap(current, spec)
         try:
             return self._load_and_store(gen_keys, value_key, lock_key, token, generations, spec, loader)
         except Exception:  # noqa: BLE001 -- the value in hand is still good to serve
@@ -427,32 +442,34 @@ class CacheAside:
         waited = False
         while True:
             try:
-                generations, acquired = self._acquire(gen_keys, lock_key, token, spec.name)
+                generations, acquired, blob = self._acquire(
+                    gen_keys, value_key, lock_key, token, spec.name
+                )
             except _RedisDown:
                 return self._run_loader(spec, loader)[0]
+            envelope = self.decode(blob)
+            if (
+                envelope is not None
+                and self._usable(envelope, spec)
+                and list(envelope.generations) == generations
+                and time.time() < envelope.expires
+            ):
+                if acquired:
+                    self._release(lock_key, token, spec.name)
+                return self._unwrap(envelope, spec)
             if acquired:
                 return self._load_and_store(
                     gen_keys, value_key, lock_key, token, generations, spec, loader
                 )
+            if time.monotonic() > deadline:
+                # The holder is neither finishing nor letting go: load without the lease.
+                logger.warning("gave up waiting for the loader of %s on %r", spec.name, self.alias)
+                return self._load_and_store(gen_keys, value_key, lock_key, "", generations, spec, loader)
             if not waited:
                 metrics.record("lock_wait", self.alias, spec.name)
                 waited = True
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
-            try:
-                raw = self._call(spec.name, "waiting for a loader", lambda: self.client().mget([*gen_keys, value_key]))
-            except _RedisDown:
-                return self._run_loader(spec, loader)[0]
-            envelope = self.decode(raw[-1])
-            if envelope is not None and self._usable(envelope, spec) and None not in raw[:-1] and (
-                list(envelope.generations) == [int(g) for g in raw[:-1]]
-                and time.time() < envelope.expires
-            ):
-                return self._unwrap(envelope, spec)
-            if time.monotonic() > deadline:
-                # The holder is neither finishing nor letting go: load without the lease.
-                logger.warning("gave up waiting for the loader of %s on %r", spec.name, self.alias)
-                return self._load_and_store(gen_keys, value_key, lock_key, "", generations, spec, loader)
 
     def _run_loader(self, spec: Spec, loader: Callable[[], Any]) -> tuple[Any, float]:
         started = time.perf_counter()
