@@ -75,7 +75,9 @@ def _model_labels(models: Iterable[Any]) -> tuple[str, ...]:
     for model in models:
         if isinstance(model, str):
             if model.count(".") != 1 or not all(model.split(".")):
-                raise ValueError(f"models= takes model classes or 'app_label.ModelName', got {model!r}")
+                raise ValueError(
+                    f"models= takes model classes or 'app_label.ModelName', got {model!r}"
+                )
             labels.append(model.lower())
         elif hasattr(model, "_meta"):
             labels.append(model._meta.label_lower)
@@ -95,7 +97,9 @@ def _tags(tags: Iterable[Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _negative(negative: Any, negative_timeout: Any) -> tuple[tuple[type[BaseException], ...], float | None]:
+def _negative(
+    negative: Any, negative_timeout: Any
+) -> tuple[tuple[type[BaseException], ...], float | None]:
     types = (negative,) if isinstance(negative, type) else tuple(negative)
     for item in types:
         if not (isinstance(item, type) and issubclass(item, Exception)):
@@ -106,10 +110,19 @@ def _negative(negative: Any, negative_timeout: Any) -> tuple[tuple[type[BaseExce
     return types, timeout
 
 
-def _spec(name: str, timeout: Any, models: Any, tags: Any, stale_ttl: Any, negative: Any,
-          negative_timeout: Any) -> Spec:
+def _spec(
+    name: str,
+    timeout: Any,
+    models: Any,
+    tags: Any,
+    stale_ttl: Any,
+    negative: Any,
+    negative_timeout: Any,
+) -> Spec:
     types, neg_timeout = _negative(negative, negative_timeout)
-    if stale_ttl is not None and (isinstance(stale_ttl, bool) or not isinstance(stale_ttl, (int, float)) or stale_ttl < 0):
+    if stale_ttl is not None and (
+        isinstance(stale_ttl, bool) or not isinstance(stale_ttl, (int, float)) or stale_ttl < 0
+    ):
         raise ValueError(f"stale_ttl must be >= 0 seconds, got {stale_ttl!r}")
     return Spec(
         name=name,
@@ -145,7 +158,13 @@ def get_or_load(
         raise TypeError(f"loader must be callable, got {loader!r}")
     if alias is not None:
         check_alias(alias)
-    name = key if isinstance(key, str) else (key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else "get_or_load")
+    name = (
+        key
+        if isinstance(key, str)
+        else (
+            key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else "get_or_load"
+        )
+    )
     timeout = cache_settings().timeout if timeout is None else timeout
     spec = _spec(safe_part(name), timeout, models, tags, stale_ttl, negative, negative_timeout)
     for label in spec.models:
@@ -243,25 +262,31 @@ def cached(
 
 def _schedule(generation_keys: list[str], alias: str | None, using: str | None) -> None:
     target = engine(alias)
-    invalidation.on_commit(lambda: target.bump(generation_keys), using or DEFAULT_DB_ALIAS,
-                           key=(target.alias, tuple(generation_keys)))
+    invalidation.on_commit(
+        lambda: target.bump(generation_keys),
+        using or DEFAULT_DB_ALIAS,
+        key=(target.alias, tuple(generation_keys)),
+    )
 
 
-def invalidate_tenant(tenant: Any = ..., *, alias: str | None = None, using: str | None = None) -> None:
+def invalidate_tenant(
+    tenant: Any = ..., *, alias: str | None = None, using: str | None = None
+) -> None:
     """Invalidate every cached value of ``tenant`` (default: current; None: shared), on commit."""
     _schedule([namespace(tenant).tenant_generation()], alias, using)
 
 
-def invalidate_model(model: Any, tenant: Any = ..., *, alias: str | None = None,
-                     using: str | None = None) -> None:
+def invalidate_model(
+    model: Any, tenant: Any = ..., *, alias: str | None = None, using: str | None = None
+) -> None:
     """Invalidate values cached with ``models=[model]`` in ``tenant``'s namespace, on commit."""
     (label,) = _model_labels([model])
     _schedule([namespace(tenant).model_generation(label)], alias, using)
 
 
-def invalidate_tag(tag: str, tenant: Any = ..., *, alias: str | None = None,
-                   using: str | None = None) -> None:
+def invalidate_tag(
+    tag: str, tenant: Any = ..., *, alias: str | None = None, using: str | None = None
+) -> None:
     """Invalidate values cached with ``tags=[tag]`` in ``tenant``'s namespace, on commit."""
     (tag,) = _tags([tag])
     _schedule([namespace(tenant).tag_generation(tag)], alias, using)
-

@@ -127,7 +127,8 @@ def check_alias(alias: str) -> None:
     caches = getattr(django_settings, "CACHES", {})
     if alias not in caches:
         raise CacheAliasError(
-            f"cache alias {alias!r} is not in settings.CACHES (aliases: {', '.join(sorted(caches))})"
+            f"cache alias {alias!r} is not in settings.CACHES "
+            f"(aliases: {', '.join(sorted(caches))})"
         )
     backend = caches[alias].get("BACKEND", "")
     if not backend.startswith("django_redis."):
@@ -256,7 +257,12 @@ class CacheAside:
         if first:
             logger.warning(
                 "Redis cache %r failed while %s for %s: %s; serving from the loader and "
-                "retrying Redis in %.1fs", self.alias, doing, name, exc, settings.retry_after,
+                "retrying Redis in %.1fs",
+                self.alias,
+                doing,
+                name,
+                exc,
+                settings.retry_after,
             )
         if not settings.fail_open:
             raise exc
@@ -295,8 +301,8 @@ class CacheAside:
             return None
         try:
             header_end = blob.index(b"\n", len(MAGIC))
-            header = json.loads(blob[len(MAGIC):header_end])
-            payload = blob[header_end + 1:]
+            header = json.loads(blob[len(MAGIC) : header_end])
+            payload = blob[header_end + 1 :]
             if header.get("s") != self.settings.serializer:
                 # Never unpickle what a JSON-configured process finds, nor the reverse.
                 return None
@@ -310,7 +316,7 @@ class CacheAside:
                 delta=float(header["d"]),
                 negative=header.get("n"),
             )
-        except Exception:  # noqa: BLE001 -- a corrupt or foreign entry is a miss
+        except Exception:
             logger.warning("ignoring an unreadable cache entry on %r", self.alias)
             return None
 
@@ -323,7 +329,9 @@ class CacheAside:
             + [namespace.tag_generation(tag) for tag in spec.tags]
         )
 
-    def get_or_load(self, namespace: Namespace, digest: str, spec: Spec, loader: Callable[[], Any]) -> Any:
+    def get_or_load(
+        self, namespace: Namespace, digest: str, spec: Spec, loader: Callable[[], Any]
+    ) -> Any:
         self._fork_check()
         settings = self.settings
         if not self._available():
@@ -346,18 +354,25 @@ class CacheAside:
         epoch = l1.epoch if l1 is not None else 0
 
         try:
-            raw = self._call(spec.name, "reading", lambda: self.client().mget([*gen_keys, value_key]))
+            raw = self._call(
+                spec.name, "reading", lambda: self.client().mget([*gen_keys, value_key])
+            )
         except _RedisDown:
             return self._run_loader(spec, loader)[0]
         generations = raw[:-1]
         envelope = self.decode(raw[-1])
-        if envelope is not None and self._usable(envelope, spec) and None not in generations and (
-            list(envelope.generations) == [int(g) for g in generations]
+        if (
+            envelope is not None
+            and self._usable(envelope, spec)
+            and None not in generations
+            and (list(envelope.generations) == [int(g) for g in generations])
         ):
             now = time.time()
             if now < envelope.expires:
                 if early or self._xfetch(envelope, now, settings.xfetch_beta):
-                    refreshed = self._try_refresh(envelope, gen_keys, value_key, lock_key, spec, loader)
+                    refreshed = self._try_refresh(
+                        envelope, gen_keys, value_key, lock_key, spec, loader
+                    )
                     if refreshed is not _MISSING:
                         metrics.record("early_refresh", self.alias, spec.name)
                         return refreshed
@@ -397,11 +412,13 @@ class CacheAside:
 
     # ----------------------------------------------------------------- loads
 
-    def _acquire(self, gen_keys: list[str], value_key: str, lock_key: str, token: str,
-                 name: str) -> tuple[list[int], bool, bytes | None]:
+    def _acquire(
+        self, gen_keys: list[str], value_key: str, lock_key: str, token: str, name: str
+    ) -> tuple[list[int], bool, bytes | None]:
         px = str(int(self.settings.lock_timeout * 1000))
         result = self._call(
-            name, "taking the loader lease",
+            name,
+            "taking the loader lease",
             lambda: self._script("acquire", _ACQUIRE)(
                 keys=[*gen_keys, value_key, lock_key], args=[_seed(), token, px]
             ),
@@ -414,23 +431,33 @@ class CacheAside:
         """Refresh now if no one else is; ``_MISSING`` when another caller holds the lease."""
         token = uuid.uuid4().hex
         try:
-            generations, acquired, blob = self._acquire(gen_keys, value_key, lock_key, token, spec.name)
+            generations, acquired, blob = self._acquire(
+                gen_keys, value_key, lock_key, token, spec.name
+            )
         except _RedisDown:
             return _MISSING
         if not acquired:
             return _MISSING
         current = self.decode(blob)
-        if current is not None and current.expires > seen.expires and (
-            list(current.generations) == generations and self._usable(current, spec)
+        if (
+            current is not None
+            and current.expires > seen.expires
+            and (list(current.generations) == generations and self._usable(current, spec))
         ):
             # Someone refreshed between our read and our lease: use theirs.
             self._release(lock_key, token, spec.name)
             return self._unwrap(current, spec)
         try:
-            return self._load_and_store(gen_keys, value_key, lock_key, token, generations, spec, loader)
-        except Exception:  # noqa: BLE001 -- the value in hand is still good to serve
-            logger.warning("refreshing %s on %r failed; serving the cached value", spec.name,
-                           self.alias, exc_info=True)
+            return self._load_and_store(
+                gen_keys, value_key, lock_key, token, generations, spec, loader
+            )
+        except Exception:
+            logger.warning(
+                "refreshing %s on %r failed; serving the cached value",
+                spec.name,
+                self.alias,
+                exc_info=True,
+            )
             metrics.record("refresh_error", self.alias, spec.name)
             return _MISSING
 
@@ -464,7 +491,9 @@ class CacheAside:
             if time.monotonic() > deadline:
                 # The holder is neither finishing nor letting go: load without the lease.
                 logger.warning("gave up waiting for the loader of %s on %r", spec.name, self.alias)
-                return self._load_and_store(gen_keys, value_key, lock_key, "", generations, spec, loader)
+                return self._load_and_store(
+                    gen_keys, value_key, lock_key, "", generations, spec, loader
+                )
             if not waited:
                 metrics.record("lock_wait", self.alias, spec.name)
                 waited = True
@@ -478,7 +507,9 @@ class CacheAside:
         finally:
             metrics.record("load", self.alias, spec.name, time.perf_counter() - started)
 
-    def _load_and_store(self, gen_keys, value_key, lock_key, token, generations, spec, loader) -> Any:
+    def _load_and_store(
+        self, gen_keys, value_key, lock_key, token, generations, spec, loader
+    ) -> Any:
         negative: dict[str, Any] | None = None
         try:
             value, delta = self._run_loader(spec, loader)
@@ -504,7 +535,8 @@ class CacheAside:
         epoch = l1.epoch if l1 is not None else 0
         try:
             stored = self._call(
-                spec.name, "storing",
+                spec.name,
+                "storing",
                 lambda: self._script("store", _STORE)(
                     keys=[*gen_keys, value_key, lock_key],
                     args=[blob, max(px, 1), token, *generations],
@@ -524,8 +556,11 @@ class CacheAside:
         if not token:
             return
         try:
-            self._call(name, "releasing the loader lease",
-                       lambda: self._script("release", _RELEASE)(keys=[lock_key], args=[token]))
+            self._call(
+                name,
+                "releasing the loader lease",
+                lambda: self._script("release", _RELEASE)(keys=[lock_key], args=[token]),
+            )
         except _RedisDown:
             pass
 
@@ -545,7 +580,11 @@ class CacheAside:
             return
         try:
             for key in keys:
-                self._call("invalidate", "invalidating", lambda key=key: self._script("bump", _BUMP)(keys=[key], args=[_seed()]))
+                self._call(
+                    "invalidate",
+                    "invalidating",
+                    lambda key=key: self._script("bump", _BUMP)(keys=[key], args=[_seed()]),
+                )
                 metrics.record("invalidation", self.alias, key.rsplit(":gen:", 1)[-1].split(":")[0])
             self._publish(keys)
         except _RedisDown:
@@ -565,8 +604,11 @@ class CacheAside:
 
     def _publish(self, keys: list[str]) -> None:
         message = json.dumps({"k": keys, "t": time.time()})
-        self._call("invalidate", "publishing an invalidation",
-                   lambda: self.client().publish(self.channel(), message))
+        self._call(
+            "invalidate",
+            "publishing an invalidation",
+            lambda: self.client().publish(self.channel(), message),
+        )
 
     def _queue(self, keys: list[str]) -> None:
         # Kept and replayed when Redis answers again: an invalidation must not be lost to a blip.
@@ -578,7 +620,9 @@ class CacheAside:
         with self._lock:
             keys, self._pending = list(self._pending), set()
         if keys:
-            logger.info("replaying %d cache invalidation(s) queued while Redis was unavailable", len(keys))
+            logger.info(
+                "replaying %d cache invalidation(s) queued while Redis was unavailable", len(keys)
+            )
             self.bump(keys)
 
 

@@ -51,8 +51,9 @@ def watch(label: str, alias: str | None = None) -> None:
         # Per-model receivers (a lazy "app_label.model" sender): a receiver for every sender
         # would stop Django from fast-deleting unrelated models.
         for signal in (signals.post_save, signals.post_delete):
-            signal.connect(_on_signal, sender=label, weak=False,
-                           dispatch_uid=f"data_arch.caching.{label}")
+            signal.connect(
+                _on_signal, sender=label, weak=False, dispatch_uid=f"data_arch.caching.{label}"
+            )
 
 
 def on_commit(callback: Callable[[], Any], using: str, key: Hashable) -> None:
@@ -128,10 +129,14 @@ def _wrap(method_name: str) -> None:
     def wrapper(self: QuerySet, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         meta = self.model._meta
-        if meta.label_lower in _watched or meta.concrete_model._meta.label_lower in _watched or any(
-            parent._meta.label_lower in _watched for parent in meta.get_parent_list()
+        if (
+            meta.label_lower in _watched
+            or meta.concrete_model._meta.label_lower in _watched
+            or any(parent._meta.label_lower in _watched for parent in meta.get_parent_list())
         ):
-            using = args[0] if method_name == "_raw_delete" and args else kwargs.get("using", self.db)
+            using = (
+                args[0] if method_name == "_raw_delete" and args else kwargs.get("using", self.db)
+            )
             model_written(self.model, using)
         return result
 

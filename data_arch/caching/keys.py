@@ -37,7 +37,7 @@ class CacheKeyError(TypeError):
 
 
 def safe_part(text: str) -> str:
-    """``text`` when it is short and plain, otherwise a digest of it (never ``{``, ``}`` or ``:``)."""
+    """``text`` if short and plain, otherwise a digest of it (never ``{``, ``}`` or ``:``)."""
     if _SAFE.match(text):
         return text
     return "h-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]

@@ -59,7 +59,7 @@ class L1Cache:
         with self._lock:
             if not self.connected or epoch != self.epoch:
                 return
-            for gen_key, value in zip(generation_keys, envelope.generations):
+            for gen_key, value in zip(generation_keys, envelope.generations, strict=True):
                 self._generations[gen_key] = value
             self._entries[key] = (envelope, time.monotonic())
             self._entries.move_to_end(key)
@@ -116,9 +116,11 @@ class Subscriber(threading.Thread):
                         backoff = 0.05
                     elif message["type"] == "message":
                         self._handle(message["data"])
-            except Exception as exc:  # noqa: BLE001 -- any failure: drop L1, reconnect
+            except Exception as exc:
                 if self.l1.connected:
-                    logger.warning("L1 invalidation subscriber for %r lost Redis: %s", self.alias, exc)
+                    logger.warning(
+                        "L1 invalidation subscriber for %r lost Redis: %s", self.alias, exc
+                    )
                     metrics.record("error", self.alias, "l1_subscriber")
             finally:
                 self.l1.connected = False
@@ -127,7 +129,7 @@ class Subscriber(threading.Thread):
                 if pubsub is not None:
                     try:
                         pubsub.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         pass
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 2.0)

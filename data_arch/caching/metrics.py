@@ -15,8 +15,17 @@ from typing import Any
 __all__ = ["add_listener", "remove_listener", "reset", "snapshot"]
 
 EVENTS = (
-    "hit", "l1_hit", "miss", "stale", "early_refresh", "load", "lock_wait", "store_skipped",
-    "error", "invalidation", "invalidation_lag",
+    "hit",
+    "l1_hit",
+    "miss",
+    "stale",
+    "early_refresh",
+    "load",
+    "lock_wait",
+    "store_skipped",
+    "error",
+    "invalidation",
+    "invalidation_lag",
 )
 
 _lock = threading.Lock()
@@ -38,7 +47,7 @@ def record(event: str, alias: str, name: str, value: float | None = None) -> Non
     for listener in list(_listeners):
         try:
             listener(event, alias, name, value if value is not None else 1.0)
-        except Exception:  # noqa: BLE001 -- a broken exporter must not break caching
+        except Exception:
             pass
 
 

@@ -1,7 +1,7 @@
 """Mirror the cache counters into Prometheus (``prometheus_client`` is imported only here).
 
-    from data_arch.caching.prometheus import install
-    install()  # e.g. in AppConfig.ready(); the metrics then appear on django-prometheus' /metrics
+from data_arch.caching.prometheus import install
+install()  # e.g. in AppConfig.ready(); the metrics then appear on django-prometheus' /metrics
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ def install(registry: Any = None) -> Any:
         registry=registry,
     )
     load_seconds = Histogram(
-        "data_arch_cache_load_seconds", "Loader run time by cache alias and cached function.",
-        ["alias", "name"], registry=registry,
+        "data_arch_cache_load_seconds",
+        "Loader run time by cache alias and cached function.",
+        ["alias", "name"],
+        registry=registry,
     )
     lag_seconds = Histogram(
         "data_arch_cache_invalidation_lag_seconds",
         "Time from an invalidation's publish to its arrival in a process's L1.",
-        ["alias"], registry=registry,
+        ["alias"],
+        registry=registry,
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
     )
 

@@ -16,8 +16,9 @@ from data_arch.caching.warmers import run_warmers, select
 from data_arch.tenancy import iter_tenants, resolve_tenant, tenant_context
 
 
-def warm(tenant: str | None = None, all_tenants: bool = False,
-         warmers: list[str] | None = None) -> list[dict[str, Any]]:
+def warm(
+    tenant: str | None = None, all_tenants: bool = False, warmers: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Run warmers for one tenant schema, every tenant, or (neither) the shared namespace."""
     select(warmers)  # unknown names fail before any work
     if tenant and all_tenants:
@@ -36,6 +37,7 @@ def warm(tenant: str | None = None, all_tenants: bool = False,
 
 
 @shared_task(name="data_arch.caching.warm_caches", acks_late=True, ignore_result=False)
-def warm_caches(tenant: str | None = None, all_tenants: bool = False,
-                warmers: list[str] | None = None) -> list[dict[str, Any]]:
+def warm_caches(
+    tenant: str | None = None, all_tenants: bool = False, warmers: list[str] | None = None
+) -> list[dict[str, Any]]:
     return warm(tenant=tenant, all_tenants=all_tenants, warmers=warmers)

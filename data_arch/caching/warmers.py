@@ -51,9 +51,13 @@ def register_warmer(name: str, func: Callable[[], Any] | None = None) -> Any:
         if not callable(function):
             raise TypeError(f"warmer {name!r} must be callable, got {function!r}")
         existing = _registry.get(name)
-        if existing is not None and existing is not function and (
-            getattr(existing, "__qualname__", None) != getattr(function, "__qualname__", None)
-            or getattr(existing, "__module__", None) != getattr(function, "__module__", None)
+        if (
+            existing is not None
+            and existing is not function
+            and (
+                getattr(existing, "__qualname__", None) != getattr(function, "__qualname__", None)
+                or getattr(existing, "__module__", None) != getattr(function, "__module__", None)
+            )
         ):
             raise WarmerError(
                 f"a warmer named {name!r} is already registered ({existing.__module__}."
@@ -94,7 +98,7 @@ def select(names: Iterable[str] | None = None) -> dict[str, Callable[[], Any]]:
 
 
 def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
-    """Run the selected warmers in the current tenant's context; one failing doesn't stop the rest."""
+    """Run the selected warmers in the current tenant's context; a failure doesn't stop the rest."""
     selected = select(names)
     tenant = current_tenant()
     key = tenant.key if tenant is not None else None
@@ -104,7 +108,7 @@ def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
         error = None
         try:
             function()
-        except Exception as exc:  # noqa: BLE001 -- reported per warmer, the others still run
+        except Exception as exc:
             logger.exception("cache warmer %r failed for tenant %s", name, key or "(shared)")
             error = f"{type(exc).__name__}: {exc}"
         results.append(WarmerResult(name, key, time.perf_counter() - started, error))

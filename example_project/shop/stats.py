@@ -13,5 +13,7 @@ def dashboard_stats() -> dict:
         "customers": Customer.objects.count(),
         "orders": totals["orders"],
         "revenue_cents": totals["revenue"] or 0,
-        "by_status": list(Order.objects.values("status").annotate(n=Count("id")).order_by("status")),
+        "by_status": list(
+            Order.objects.values("status").annotate(n=Count("id")).order_by("status")
+        ),
     }

@@ -1,12 +1,12 @@
 import pytest
 
 from data_arch.caching import metrics, reset_engines
-from data_arch.caching import invalidation
 
 
 @pytest.fixture
 def cache_settings(settings):
     """Edit DATA_ARCH['CACHE'] for one test: ``cache_settings(L1=True, STALE_TTL=5)``."""
+
     def apply(**values):
         data_arch = {key: dict(value) for key, value in settings.DATA_ARCH.items()}
         data_arch.setdefault("CACHE", {}).update(values)
@@ -35,6 +35,7 @@ def redis_client(clean_cache):
 @pytest.fixture
 def loads(redis_client):
     """A loader-call counter shared by every process: ``loads.counted(fn)`` / ``loads.count``."""
+
     class Loads:
         key = "test:loads"
 

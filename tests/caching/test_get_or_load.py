@@ -229,7 +229,9 @@ def test_json_process_never_unpickles(cache_settings):
 
 
 def test_unserialisable_value_raises_naming_the_type_and_stores_nothing(redis_client):
-    with pytest.raises(CacheSerializationError, match=r"cannot cache builtins.object at value\['x'\]"):
+    with pytest.raises(
+        CacheSerializationError, match=r"cannot cache builtins.object at value\['x'\]"
+    ):
         get_or_load("bad", lambda: {"x": object()}, 60)
     assert redis_client.keys("*:val:bad:*") == []
     assert redis_client.keys("*:lock:*") == []
@@ -268,9 +270,11 @@ def test_unknown_alias_fails_at_definition():
 
 def test_bare_decorator_and_bad_options_fail_at_definition():
     with pytest.raises(TypeError, match="@cached()"):
+
         @cached
         def f():
             return 1
+
     with pytest.raises(ValueError, match="needs negative_timeout"):
         cached(60, negative=KeyError)
     with pytest.raises(ValueError, match="app_label.ModelName"):
@@ -280,7 +284,10 @@ def test_bare_decorator_and_bad_options_fail_at_definition():
 
 
 def test_non_django_redis_alias_is_rejected(settings):
-    settings.CACHES = {**settings.CACHES, "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.CACHES = {
+        **settings.CACHES,
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    }
     with pytest.raises(CacheAliasError, match="need django-redis"):
         cached(60, alias="local")
 
@@ -289,10 +296,16 @@ def test_checks(settings):
     from data_arch.caching.checks import check_cache
 
     assert check_cache() == []
-    settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {"ALIAS": "default", "SERIALIZER": "pickle"}}
+    settings.DATA_ARCH = {
+        **settings.DATA_ARCH,
+        "CACHE": {"ALIAS": "default", "SERIALIZER": "pickle"},
+    }
     assert [m.id for m in check_cache()] == ["data_arch.W401"]
     settings.CACHES = {
-        "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"},
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        },
         "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     }
     assert [m.id for m in check_cache()] == ["data_arch.W401", "data_arch.W402"]
@@ -312,8 +325,14 @@ def test_prometheus_hook_mirrors_the_counters():
         get_or_load("prom", lambda: 1, 60)
         get_or_load("prom", lambda: 1, 60)
         labels = {"alias": "default", "name": "prom"}
-        assert registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "hit"}) == 1
-        assert registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "miss"}) == 1
+        assert (
+            registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "hit"})
+            == 1
+        )
+        assert (
+            registry.get_sample_value("data_arch_cache_events_total", {**labels, "event": "miss"})
+            == 1
+        )
         assert registry.get_sample_value("data_arch_cache_load_seconds_count", labels) == 1
     finally:
         metrics.remove_listener(listener)
@@ -321,6 +340,7 @@ def test_prometheus_hook_mirrors_the_counters():
 
 def test_async_functions_are_refused_at_definition():
     with pytest.raises(TypeError, match="cannot cache the async function"):
+
         @cached(60)
         async def f():
             return 1

@@ -3,7 +3,15 @@
 import pytest
 from django.db import transaction
 
-from data_arch.caching import cached, engine, get_or_load, invalidate_model, invalidate_tag, metrics, namespace
+from data_arch.caching import (
+    cached,
+    engine,
+    get_or_load,
+    invalidate_model,
+    invalidate_tag,
+    metrics,
+    namespace,
+)
 from data_arch.tenancy import tenant_context
 from example_project.shop.models import Customer, Order
 from tests.factories import CustomerFactory, OrderFactory
@@ -30,6 +38,7 @@ def in_tenant(tenant):
 @pytest.fixture
 def committed(django_capture_on_commit_callbacks):
     """Run set-up writes as if committed, so their invalidations are not pending later."""
+
     def run(make):
         with django_capture_on_commit_callbacks(execute=True):
             return make()
@@ -45,10 +54,9 @@ def customer(in_tenant, committed):
 def write_and_check(commit_hooks, write, expected_after, bumps=1):
     """Prime the cache, write inside a transaction, prove nothing changes before commit."""
     before = order_count()
-    with commit_hooks(execute=True) as callbacks:
-        with transaction.atomic():
-            write()
-            assert order_count() == before, "invalidated before commit"
+    with commit_hooks(execute=True) as callbacks, transaction.atomic():
+        write()
+        assert order_count() == before, "invalidated before commit"
     assert len(callbacks) == bumps, "one bump per written model per transaction"
     assert order_count() == expected_after
 
@@ -79,7 +87,9 @@ def test_queryset_update(customer, committed, django_capture_on_commit_callbacks
 def test_bulk_create(customer, django_capture_on_commit_callbacks):
     write_and_check(
         django_capture_on_commit_callbacks,
-        lambda: Order.objects.bulk_create([Order(customer=customer, total_cents=i) for i in range(5)]),
+        lambda: Order.objects.bulk_create(
+            [Order(customer=customer, total_cents=i) for i in range(5)]
+        ),
         5,
     )
 
@@ -124,16 +134,16 @@ def test_rollback_invalidates_nothing(customer, django_capture_on_commit_callbac
     assert order_count() == 0
 
 
-def test_savepoint_rollback_drops_only_its_own_invalidation(customer, django_capture_on_commit_callbacks):
+def test_savepoint_rollback_drops_only_its_own_invalidation(
+    customer, django_capture_on_commit_callbacks
+):
     order_count()
     names = customer_names()
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with transaction.atomic():
-            CustomerFactory(name="kept")
-            with pytest.raises(RuntimeError):
-                with transaction.atomic():
-                    OrderFactory(customer=customer)
-                    raise RuntimeError("savepoint rolled back")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
+        CustomerFactory(name="kept")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            OrderFactory(customer=customer)
+            raise RuntimeError("savepoint rolled back")
     assert len(callbacks) == 1
     assert order_count() == 0
     assert customer_names() == sorted([*names, "kept"])
@@ -149,7 +159,9 @@ def test_unrelated_models_are_untouched(customer, django_capture_on_commit_callb
     assert metrics.total("hit") == 1
 
 
-def test_writes_in_one_tenant_do_not_invalidate_another(tenant_schemas, django_capture_on_commit_callbacks):
+def test_writes_in_one_tenant_do_not_invalidate_another(
+    tenant_schemas, django_capture_on_commit_callbacks
+):
     from example_project.customers.models import Client
 
     a = Client.objects.get(schema_name="tenant_a")
@@ -165,15 +177,16 @@ def test_writes_in_one_tenant_do_not_invalidate_another(tenant_schemas, django_c
     assert metrics.total("hit") == 1
 
 
-def test_explicit_tag_and_model_invalidation(in_tenant, committed, django_capture_on_commit_callbacks):
+def test_explicit_tag_and_model_invalidation(
+    in_tenant, committed, django_capture_on_commit_callbacks
+):
     values = iter(range(100))
     load = lambda: next(values)  # noqa: E731
     assert get_or_load("tagged", load, 60, tags=["pricing"]) == 0
     assert get_or_load("tagged", load, 60, tags=["pricing"]) == 0
-    with django_capture_on_commit_callbacks(execute=True):
-        with transaction.atomic():
-            invalidate_tag("pricing")
-            assert get_or_load("tagged", load, 60, tags=["pricing"]) == 0
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        invalidate_tag("pricing")
+        assert get_or_load("tagged", load, 60, tags=["pricing"]) == 0
     assert get_or_load("tagged", load, 60, tags=["pricing"]) == 1
     committed(lambda: invalidate_model(Order))  # no models= on this entry: unaffected
     assert get_or_load("tagged", load, 60, tags=["pricing"]) == 1
@@ -195,7 +208,7 @@ def test_value_computed_across_an_invalidation_is_not_stored(in_tenant):
 
 def test_a_flush_is_one_counter_increment(in_tenant, committed, redis_client):
     for i in range(50):
-        get_or_load(("many", i), lambda: i, 60, models=[Order])
+        get_or_load(("many", i), lambda i=i: i, 60, models=[Order])
     before = set(redis_client.keys("*"))
     gen_key = namespace().model_generation("shop.order")
     generation = int(redis_client.get(gen_key))

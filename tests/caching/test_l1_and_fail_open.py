@@ -48,6 +48,7 @@ def test_l1_is_coherent_across_two_processes(cache_settings, redis_client):
     child = FORK.Process(target=_l1_process, args=(child_end,))
     child.start()
     try:
+
         def ask(command):
             parent_end.send(command)
             return parent_end.recv()
@@ -113,7 +114,7 @@ def test_redis_stopped_mid_test_zero_errors_correct_values(redis_server, cache_s
     assert report(1) == {"n": 1, "source": "loader"}
     redis_server.stop()
     try:
-        values = [get_or_load("k2", lambda: f"loaded {i}", 60) for i in range(20)]
+        values = [get_or_load("k2", lambda i=i: f"loaded {i}", 60) for i in range(20)]
         assert values == [f"loaded {i}" for i in range(20)]  # the loader ran, nothing raised
         assert report(2) == {"n": 2, "source": "loader"}
         invalidate_tag("reports")  # queued, not raised

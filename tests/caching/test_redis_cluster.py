@@ -45,17 +45,24 @@ def test_every_namespace_keeps_its_keys_in_one_slot(cluster_engine):
         digest = argument_digest(("report", n))
         loads = []
         for _ in range(2):
-            assert cluster_engine.get_or_load(ns, digest, SPEC, lambda: loads.append(1) or {"n": n}) == {"n": n}
+            assert cluster_engine.get_or_load(
+                ns, digest, SPEC, lambda loads=loads, n=n: loads.append(1) or {"n": n}
+            ) == {"n": n}
         assert len(loads) == 1
-        keys = [*cluster_engine.generation_keys(ns, SPEC), ns.value_key("report", digest),
-                ns.lock_key("report", digest)]
+        keys = [
+            *cluster_engine.generation_keys(ns, SPEC),
+            ns.value_key("report", digest),
+            ns.lock_key("report", digest),
+        ]
         key_slots = {client.keyslot(key) for key in keys}
         assert len(key_slots) == 1, keys
         slots |= key_slots
         cluster_engine.bump([ns.tag_generation("pricing")])
         assert cluster_engine.get_or_load(ns, digest, SPEC, lambda: "after flush") == "after flush"
-    nodes = {client.get_node_from_key(namespace(Tenant(pk=n, schema_name=f"tenant_{n}")).slot).name
-             for n in range(12)}
+    nodes = {
+        client.get_node_from_key(namespace(Tenant(pk=n, schema_name=f"tenant_{n}")).slot).name
+        for n in range(12)
+    }
     assert len(slots) > 1 and len(nodes) > 1, "namespaces should spread over the cluster"
 
 

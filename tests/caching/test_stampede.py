@@ -40,7 +40,7 @@ def _cold_requests(threads, barrier, results):
         barrier.wait()
         try:
             value = get_or_load("cold-key", _counted_loader(0.3, {"answer": 42}), 60)
-        except Exception as exc:  # noqa: BLE001 -- reported to the parent
+        except Exception as exc:
             value = f"error: {exc!r}"
         with lock:
             out.append(value)
@@ -57,7 +57,10 @@ def test_32_cold_requests_from_4_processes_run_the_loader_once(loads):
     processes, threads = 4, 8
     barrier = FORK.Barrier(processes * threads)
     results = FORK.Queue()
-    children = [FORK.Process(target=_cold_requests, args=(threads, barrier, results)) for _ in range(processes)]
+    children = [
+        FORK.Process(target=_cold_requests, args=(threads, barrier, results))
+        for _ in range(processes)
+    ]
     for child in children:
         child.start()
     reports = [results.get(timeout=60) for _ in children]
@@ -83,7 +86,9 @@ def _crash_while_loading():
     get_or_load("crashy", loader, 60)
 
 
-def test_a_crashed_loader_holds_the_lease_only_until_it_expires(cache_settings, loads, redis_client):
+def test_a_crashed_loader_holds_the_lease_only_until_it_expires(
+    cache_settings, loads, redis_client
+):
     cache_settings(LOCK_TIMEOUT=0.5)
     child = FORK.Process(target=_crash_while_loading)
     child.start()
@@ -139,7 +144,9 @@ def test_stale_value_is_served_while_one_caller_refreshes(cache_settings):
         return "v2"
 
     result = {}
-    refresher = threading.Thread(target=lambda: result.setdefault("r", get_or_load("swr", slow_refresh, 0.2, stale_ttl=30)))
+    refresher = threading.Thread(
+        target=lambda: result.setdefault("r", get_or_load("swr", slow_refresh, 0.2, stale_ttl=30))
+    )
     refresher.start()
     assert refreshing.wait(10)
     # The lease holder is refreshing: everyone else gets the stale value at once.

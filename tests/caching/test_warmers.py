@@ -35,13 +35,16 @@ def test_command_warms_every_tenant_as_json(tenant_schemas, capsys):
     call_command("warm_caches", "--all-tenants", "--warmer", "shop.dashboard", "--format", "json")
     results = json.loads(capsys.readouterr().out)
     assert {(r["warmer"], r["tenant"], r["error"]) for r in results} >= {
-        ("shop.dashboard", "tenant_a", None), ("shop.dashboard", "tenant_b", None),
+        ("shop.dashboard", "tenant_a", None),
+        ("shop.dashboard", "tenant_b", None),
     }
     assert dashboard_is_warm("tenant_a") and dashboard_is_warm("tenant_b")
 
 
 def test_unknown_warmer_and_tenant_are_clear_errors(tenant_schemas):
-    with pytest.raises(CommandError, match="unknown warmer.*'nope'.*registered: .*'shop.dashboard'"):
+    with pytest.raises(
+        CommandError, match="unknown warmer.*'nope'.*registered: .*'shop.dashboard'"
+    ):
         call_command("warm_caches", "--warmer", "nope")
     with pytest.raises(CommandError, match="--tenant: unknown tenant 'ghost'"):
         call_command("warm_caches", "--tenant", "ghost")
