@@ -101,6 +101,8 @@ def test_tenants_are_separate_namespaces():
     assert get_or_load("who", lambda: "shared", 60) == "shared"
     with tenant_context(TENANT_A):
         assert get_or_load("who", lambda: "x", 60) == "a"
+    with tenant_context(TENANT_A):
+        assert get_or_load("who", lambda: "x", 60, tenant=None) == "shared"
     assert namespace(None).slot == "{da:shared}"
     assert namespace(TENANT_A).slot == "{da:t=tenant_a}"
 
@@ -309,6 +311,12 @@ def test_checks(settings):
         "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     }
     assert [m.id for m in check_cache()] == ["data_arch.W401", "data_arch.W402"]
+    settings.CACHES["default"]["OPTIONS"] = {
+        "CLIENT_CLASS": "django_redis.client.ShardClient",
+        "SOCKET_TIMEOUT": 1,
+        "SOCKET_CONNECT_TIMEOUT": 1,
+    }
+    assert [m.id for m in check_cache()] == ["data_arch.W401", "data_arch.W403"]
     settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {"ALIAS": "local"}}
     assert [m.id for m in check_cache()] == ["data_arch.E400"]
     assert all(isinstance(m, checks.CheckMessage) for m in check_cache())
