@@ -28,6 +28,7 @@ from data_arch.caching.warmers import (
     register_warmer,
     registered_warmers,
     run_warmers,
+    warm_tenants,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "registered_warmers",
     "reset_engines",
     "run_warmers",
+    "warm_tenants",
 ]

@@ -19,6 +19,7 @@ seconds before it is tried again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +29,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -37,7 +38,7 @@ from django.dispatch import receiver
 
 from data_arch import conf
 from data_arch.caching import metrics
-from data_arch.caching.keys import Namespace
+from data_arch.caching.keys import Namespace, safe_part
 from data_arch.caching.l1 import L1Cache, Subscriber
 from data_arch.caching.serializers import compress, decompress, get_serializer
 
@@ -563,6 +564,32 @@ class CacheAside:
             )
         except _RedisDown:
             pass
+
+    @contextlib.contextmanager
+    def lease(self, name: str, seconds: float) -> Iterator[bool]:
+        """Hold a named lease for the block; yields False when another holder has it.
+
+        For jobs that must not overlap (a warming run). The lease expires after ``seconds``
+        even if the holder dies. With Redis unavailable it yields True: nothing to guard then.
+        """
+        key = "{" + safe_part(self.settings.prefix) + ":jobs}:lease:" + safe_part(name)
+        token = uuid.uuid4().hex
+        try:
+            acquired = bool(
+                self._call(
+                    name,
+                    "taking a job lease",
+                    lambda: self.client().set(key, token, nx=True, px=int(seconds * 1000)),
+                )
+            )
+        except _RedisDown:
+            yield True
+            return
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._release(key, token, name)
 
     # ----------------------------------------------------------------- invalidation
 

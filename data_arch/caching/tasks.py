@@ -12,32 +12,13 @@ from typing import Any
 
 from celery import shared_task
 
-from data_arch.caching.warmers import run_warmers, select
-from data_arch.tenancy import iter_tenants, resolve_tenant, tenant_context
+from data_arch.caching.warmers import warm_tenants
 
 
-def warm(
-    tenant: str | None = None, all_tenants: bool = False, warmers: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """Run warmers for one tenant schema, every tenant, or (neither) the shared namespace."""
-    select(warmers)  # unknown names fail before any work
-    if tenant and all_tenants:
-        raise ValueError("pass tenant= or all_tenants=True, not both")
-    if all_tenants:
-        tenants = list(iter_tenants())
-    elif tenant:
-        tenants = [resolve_tenant(tenant)]
-    else:
-        return [dataclasses.asdict(r) for r in run_warmers(warmers)]
-    results = []
-    for item in tenants:
-        with tenant_context(item):
-            results.extend(dataclasses.asdict(r) for r in run_warmers(warmers))
-    return results
-
-
-@shared_task(name="data_arch.caching.warm_caches", acks_late=True, ignore_result=False)
+@shared_task(name="data_arch.caching.warm_caches", ignore_result=False)
 def warm_caches(
     tenant: str | None = None, all_tenants: bool = False, warmers: list[str] | None = None
-) -> list[dict[str, Any]]:
-    return warm(tenant=tenant, all_tenants=all_tenants, warmers=warmers)
+) -> list[dict[str, Any]] | None:
+    """Run warmers per tenant; None when a run for the same selection is still going."""
+    results = warm_tenants(tenant=tenant, all_tenants=all_tenants, warmers=warmers)
+    return None if results is None else [dataclasses.asdict(r) for r in results]

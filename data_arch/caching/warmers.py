@@ -18,7 +18,14 @@ from django.utils.module_loading import autodiscover_modules
 
 from data_arch.tenancy import current_tenant
 
-__all__ = ["WarmerError", "WarmerResult", "register_warmer", "registered_warmers", "run_warmers"]
+__all__ = [
+    "WarmerError",
+    "WarmerResult",
+    "register_warmer",
+    "registered_warmers",
+    "run_warmers",
+    "warm_tenants",
+]
 
 logger = logging.getLogger("data_arch.caching")
 
@@ -113,3 +120,35 @@ def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
             error = f"{type(exc).__name__}: {exc}"
         results.append(WarmerResult(name, key, time.perf_counter() - started, error))
     return results
+
+
+def warm_tenants(
+    tenant: str | None = None,
+    all_tenants: bool = False,
+    warmers: list[str] | None = None,
+    lease_seconds: float = 900,
+) -> list[WarmerResult] | None:
+    """Run warmers for one tenant schema, every tenant, or (neither) the shared namespace.
+
+    Guarded by a lease per selection, so a slow run and the next scheduled one never overlap;
+    returns None when another run holds it.
+    """
+    from data_arch.caching.engine import engine
+    from data_arch.tenancy import iter_tenants, resolve_tenant, tenant_context
+
+    select(warmers)  # unknown names fail before any work
+    if tenant and all_tenants:
+        raise ValueError("pass tenant= or all_tenants=True, not both")
+    scope = "all" if all_tenants else (tenant or "shared")
+    with engine().lease(f"warm:{scope}:{','.join(warmers or ['*'])}", lease_seconds) as acquired:
+        if not acquired:
+            logger.info("cache warming for %s is already running; skipped", scope)
+            return None
+        if not (tenant or all_tenants):
+            return run_warmers(warmers)
+        tenants = list(iter_tenants()) if all_tenants else [resolve_tenant(tenant)]
+        results: list[WarmerResult] = []
+        for item in tenants:
+            with tenant_context(item):
+                results.extend(run_warmers(warmers))
+        return results

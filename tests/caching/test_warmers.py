@@ -84,3 +84,23 @@ def test_celery_task_warms_per_tenant_on_a_real_worker(celery_worker, tenant_sch
     assert results[0]["error"] is None
     assert dashboard_is_warm("tenant_b")
     assert not dashboard_is_warm("tenant_a")
+
+
+def test_overlapping_runs_of_the_same_selection_are_skipped(tenant_schemas):
+    from data_arch.caching import engine
+    from data_arch.caching.warmers import warm_tenants
+
+    inner = []
+
+    @register_warmer("reentrant")
+    def reentrant():
+        inner.append(warm_tenants(tenant="tenant_a", warmers=["reentrant"]))
+
+    try:
+        results = warm_tenants(tenant="tenant_a", warmers=["reentrant"])
+        assert [r.ok for r in results] == [True]
+        assert inner == [None]  # the nested run found the lease taken
+        with engine().lease("warm:tenant_a:reentrant", 5) as acquired:
+            assert acquired  # released after the first run
+    finally:
+        unregister_warmer("reentrant")
