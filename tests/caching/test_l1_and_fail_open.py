@@ -149,3 +149,14 @@ def test_fail_open_can_be_turned_off(redis_server, cache_settings):
             get_or_load("k", lambda: 1, 60)
     finally:
         redis_server.start()
+
+
+@pytest.mark.slow
+def test_a_hanging_redis_fails_open_after_the_socket_timeout(cache_settings, redis_client):
+    """CLIENT PAUSE makes Redis accept commands and not answer: a slow Redis, for real."""
+    cache_settings(RETRY_AFTER=0.1)
+    get_or_load("slow", lambda: "cached", 60)
+    redis_client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    assert get_or_load("slow", lambda: "from loader", 60) == "from loader"
+    assert metrics.total("error") == 1
+    wait_until(lambda: get_or_load("slow", lambda: "from loader", 60) == "cached")
