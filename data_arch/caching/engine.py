@@ -216,7 +216,11 @@ class CacheAside:
 
     def _fork_check(self) -> None:
         if self._pid != os.getpid():
+            # A forked child (prefork Celery, gunicorn): no subscriber thread survived the fork,
+            # and a lock held by another parent thread at fork time would never be released.
             self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._pending = set()
             self._l1 = None
             self._subscriber = None
             self._scripts = {}
