@@ -243,6 +243,24 @@ class CacheSettings:
     l1: bool = _field(False, boolean)
     #: Key prefix in Redis.
     prefix: str = _field("da", string)
+    #: Most decoded values the in-process L1 keeps (least recently used are dropped).
+    l1_size: int = _field(10_000, positive_int)
+    #: Longest an L1 entry is trusted, in seconds: bounds staleness if an invalidation is lost.
+    l1_max_age: float = _field(5.0, positive_number)
+    #: How cached values are encoded: "json" (safe default) or "pickle" (opt-in, trusted Redis only).
+    serializer: str = _field("json", one_of("json", "pickle"))
+    #: Compress payloads of at least this many bytes with zlib; ``None`` never compresses.
+    compress_min_bytes: int | None = _field(None, optional_positive_int)
+    #: Seconds a loader holds its per-key lease; a crashed holder loses it after this long.
+    lock_timeout: float = _field(10.0, positive_number)
+    #: XFetch early-refresh aggressiveness (1.0 is the paper's optimum; 0 disables).
+    xfetch_beta: float = _field(1.0, non_negative_number)
+    #: Seconds past expiry a stale value may be served while one caller refreshes (0: never).
+    stale_ttl: int = _field(0, non_negative_int)
+    #: When Redis fails, run the loader and return its value (counted and logged, not raised).
+    fail_open: bool = _field(True, boolean)
+    #: After a Redis error, seconds to bypass Redis before trying it again.
+    retry_after: float = _field(1.0, non_negative_number)
 
 
 @dataclasses.dataclass(frozen=True)

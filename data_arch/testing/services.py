@@ -715,5 +715,118 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+class RedisCluster:
+    """Three (or more) cluster-enabled ``redis-server`` nodes joined into one Redis Cluster.
+
+    No replicas: enough to prove that keys meant to share a hash slot do, and that nothing
+    sends a multi-key command or script across slots. Ports stay <= 55535 because each node
+    also listens on its port + 10000 for the cluster bus.
+    """
+
+    def __init__(self, executable: str, workdir: Path, nodes: int = 3) -> None:
+        if nodes < 3:
+            raise ServiceError(f"a Redis Cluster needs at least 3 masters, got {nodes}")
+        self.executable = executable
+        self.workdir = workdir
+        self.ports: list[int] = []
+        while len(self.ports) < nodes:
+            port = free_port(max_port=55535)
+            if port not in self.ports:
+                self.ports.append(port)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", port) for port in self.ports]
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def client(self, **kwargs: object):
+        """A ``redis.cluster.RedisCluster`` client for this cluster."""
+        from redis.cluster import ClusterNode, RedisCluster as Client
+
+        return Client(startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes], **kwargs)
+
+    def start(self) -> None:
+        cli = shutil.which("redis-cli") or str(Path(self.executable).with_name("redis-cli"))
+        if not Path(cli).exists():
+            raise ServiceError("redis-cli is needed to create a Redis Cluster; install redis-tools")
+        try:
+            for port in self.ports:
+                node_dir = self.workdir / str(port)
+                node_dir.mkdir(parents=True, exist_ok=True)
+                log = open(node_dir / "redis.log", "ab")
+                self.processes.append(subprocess.Popen(
+                    [
+                        self.executable, "--port", str(port), "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+                        "--dir", str(node_dir), "--daemonize", "no", "--protected-mode", "no",
+                    ],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+                log.close()
+                _wait_for_redis(f"redis://127.0.0.1:{port}/0", timeout=20, process=self.processes[-1])
+            _run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                None, "redis-cli --cluster create",
+            )
+            self._wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ok(self, timeout: float = 30) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for port in self.ports:
+                with contextlib.suppress(redis.RedisError):
+                    info = redis.Redis(port=port, socket_timeout=2).execute_command("CLUSTER INFO")
+                    if isinstance(info, dict):
+                        states.append(str(info.get("cluster_state")) == "ok")
+                    else:
+                        text = info.decode() if isinstance(info, bytes) else str(info)
+                        states.append("cluster_state:ok" in text)
+            if len(states) == len(self.ports) and all(states):
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"the Redis Cluster on ports {self.ports} did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        self.processes = []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis_cluster(nodes: int = 3) -> RedisCluster:
+    """Start a throwaway local Redis Cluster; the caller stops it (or uses ``with``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="data_arch-redis-cluster-"))
+    cluster = RedisCluster(find_redis_server(), workdir, nodes)
+    cluster.start()
+    return cluster
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
