@@ -48,28 +48,3 @@ def loads(redis_client):
 
     redis_client.delete(Loads.key)
     return Loads()
-
-
-@pytest.fixture(scope="session")
-def _caching_tenant_schemas(django_db_setup, django_db_blocker):
-    from tests.factories import ClientFactory
-
-    with django_db_blocker.unblock():
-        for schema in ("tenant_a", "tenant_b"):
-            ClientFactory(schema_name=schema)
-    return ("tenant_a", "tenant_b")
-
-
-@pytest.fixture
-def tenant_schemas(_caching_tenant_schemas):
-    """The two tenant schemas, with their Client rows present for this test.
-
-    Shadows the session fixture of tests/conftest.py for this directory: a transactional test
-    elsewhere flushes the Client table, and a session fixture would then hand out tenants whose
-    rows are gone. Here a missing row is re-created (the schema itself survives a flush).
-    """
-    from tests.factories import ClientFactory
-
-    for schema in _caching_tenant_schemas:
-        ClientFactory(schema_name=schema)
-    return _caching_tenant_schemas
