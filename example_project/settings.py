@@ -44,6 +44,7 @@ ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,.localhost,127
 SHARED_APPS = [
     "django_tenants",
     "example_project.customers",
+    "example_project.billing",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
