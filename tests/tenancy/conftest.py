@@ -14,6 +14,7 @@ import pytest
 from django.db import connections
 
 from data_arch.tenancy import Tenant, tenant_context
+from data_arch.testing.pytest_plugin import replica_caught_up
 
 APP_ROLE = "data_arch_test_app"
 ROW_TENANTS = 8
@@ -64,13 +65,15 @@ def _add_alias(alias: str, base: str, **changes) -> None:
 def _drop_alias(alias: str) -> None:
     with contextlib.suppress(Exception):
         connections[alias].close()
+    with contextlib.suppress(Exception):
+        connections[alias].close_pool()
     connections.settings.pop(alias, None)
     with contextlib.suppress(AttributeError):
         delattr(connections._connections, alias)
 
 
 @pytest.fixture(scope="session")
-def app_role(live_db):
+def app_role(live_db, data_arch_services):
     """An ordinary role (not superuser, not BYPASSRLS, not owner) as the ``app`` alias on the
     primary and ``app_replica`` on the streaming replica."""
     with connections["default"].cursor() as cursor:
@@ -85,8 +88,10 @@ def app_role(live_db):
             f'billing_contact, customers_client TO "{APP_ROLE}"'
         )
         cursor.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{APP_ROLE}"')
+    if data_arch_services.has_streaming_replica:
+        replica_caught_up()  # the role must exist on the standby before anyone connects there
     app = {**connections["default"].settings_dict, "USER": APP_ROLE, "PASSWORD": ""}
-    app["TEST"] = {k: v for k, v in app.get("TEST", {}).items() if k != "MIRROR"}
+    app["TEST"] = {**app.get("TEST", {}), "MIRROR": None}
     connections.settings["app"] = app
     _add_alias("app_replica", "replica", USER=APP_ROLE, PASSWORD="")
     _add_alias(
@@ -98,6 +103,12 @@ def app_role(live_db):
     for alias in ("app", "app_replica", "app_pool"):
         _drop_alias(alias)
     with connections["default"].cursor() as cursor:
+        # Pools and other threads' connections may outlive the aliases; the test database
+        # can only be dropped once they are gone.
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            [APP_ROLE],
+        )
         cursor.execute(f'DROP OWNED BY "{APP_ROLE}"')
         with contextlib.suppress(Exception):
             cursor.execute(f'DROP ROLE "{APP_ROLE}"')
