@@ -1,0 +1,130 @@
+"""Where the tenant comes from: requests (sync and async), commands, log records."""
+
+import io
+import json
+import logging
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.management import CommandError, call_command
+from django.http import HttpResponse
+from django.test import RequestFactory, override_settings
+
+from data_arch.tenancy import current_tenant, tenant_context
+from data_arch.tenancy.log import TenantLogFilter
+from data_arch.tenancy.middleware import TenantMiddleware
+from example_project.billing.models import Account
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+@pytest.fixture
+def accounts(row_tenants):
+    from example_project.customers.models import Client
+
+    made = {}
+    for tenant in row_tenants[:2]:
+        with tenant_context(tenant):
+            made[tenant.pk] = Account.objects.create(name="n", email=f"m@{tenant.pk}.com")
+    schemas = {t.pk: Client.objects.get(pk=t.pk).schema_name for t in row_tenants[:2]}
+    return made, schemas
+
+
+def sync_view(request):
+    return HttpResponse(",".join(a.email for a in Account.objects.all()))
+
+
+async def async_view(request):
+    return HttpResponse(",".join([a.email async for a in Account.objects.all()]))
+
+
+def test_header_selects_the_tenant_sync(accounts):
+    made, schemas = accounts
+    middleware = TenantMiddleware(sync_view)
+    for pk, schema in schemas.items():
+        response = middleware(RequestFactory().get("/", HTTP_X_TENANT=schema))
+        assert response.content.decode() == made[pk].email
+    assert current_tenant() is None
+
+
+def test_header_selects_the_tenant_async(accounts):
+    made, schemas = accounts
+    middleware = TenantMiddleware(async_view)
+
+    async def both():
+        return [
+            (await middleware(RequestFactory().get("/", HTTP_X_TENANT=schema))).content.decode()
+            for schema in schemas.values()
+        ]
+
+    assert async_to_sync(both)() == [made[pk].email for pk in schemas]
+
+
+@override_settings(DATA_ARCH={"TENANCY": {"HEADER": None, "SUBDOMAIN": True}})
+def test_subdomain_selects_the_tenant(accounts):
+    from example_project.customers.models import Client
+
+    client = Client(schema_name="subco", name="Sub Co")
+    client.auto_create_schema = False
+    client.save()
+    with tenant_context(client):
+        Account.objects.create(name="s", email="s@subco.com")
+    request = RequestFactory().get("/", HTTP_HOST="subco.localhost")
+    assert TenantMiddleware(sync_view)(request).content.decode() == "s@subco.com"
+
+
+@pytest.mark.parametrize(
+    ("value", "status"), [("bad;name", 400), ("pg_catalog", 400), ("x" * 64, 400), ("nobody", 404)]
+)
+def test_bad_or_unknown_tenant_is_refused_before_the_view(accounts, value, status):
+    called = []
+    middleware = TenantMiddleware(lambda request: called.append(1))
+    response = middleware(RequestFactory().get("/", HTTP_X_TENANT=value))
+    assert response.status_code == status
+    assert called == []
+
+
+def test_without_a_tenant_the_view_fails_closed(accounts):
+    from data_arch.tenancy import NoTenantError
+
+    with pytest.raises(NoTenantError):
+        TenantMiddleware(sync_view)(RequestFactory().get("/"))
+
+
+def test_django_tenants_request_tenant_is_used(tenant):
+    seen = []
+    middleware = TenantMiddleware(lambda request: seen.append(current_tenant()) or HttpResponse())
+    request = RequestFactory().get("/")
+    request.tenant = tenant
+    middleware(request)
+    assert seen[0].schema_name == tenant.schema_name and seen[0].pk == tenant.pk
+
+
+def test_log_records_carry_the_tenant(accounts):
+    _made, schemas = accounts
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "msg", None, None)
+    TenantLogFilter().filter(record)
+    assert record.tenant == "-"
+    with tenant_context(next(iter(accounts[0].values())).tenant):
+        TenantLogFilter().filter(record)
+    assert record.tenant.startswith(next(iter(schemas.values())))
+
+
+def test_tenancy_status_command_per_tenant(accounts):
+    _made, schemas = accounts
+    out = io.StringIO()
+    call_command("tenancy", "status", tenant=next(iter(schemas.values())), format="json", stdout=out)
+    report = json.loads(out.getvalue())
+    tables = {t["table"]: t for t in report[0]["tables"]}
+    assert tables["billing_account"]["rows"] == 1
+    assert all(t["rls_forced"] and t["policy"] for t in tables.values())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("no_such_tenant", "unknown tenant 'no_such_tenant'"), ("a;b", "invalid schema name"),
+     ("pg_toast", "invalid schema name"), ("é" * 40, "PostgreSQL allows 63")],
+)
+def test_bad_tenant_option_is_a_clear_command_error(accounts, value, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("tenancy", "status", tenant=value, stdout=io.StringIO())
