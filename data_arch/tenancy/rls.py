@@ -63,32 +63,55 @@ def _literal(value: str, raw_connection: Any) -> str:
     return psycopg.sql.Literal(value).as_string(raw_connection)
 
 
+def _search_path(connection: Any) -> str | None:
+    """django-tenants' search_path for the connection's current schema, or None."""
+    paths = getattr(connection, "_get_cursor_search_paths", None)
+    if paths is None or not getattr(connection, "schema_name", None):
+        return None
+    return ", ".join(connection.ops.quote_name(path) for path in paths())
+
+
+def _settings(connection: Any) -> list[tuple[str, str]]:
+    pairs = [(_setting_name(), tenant_setting_value())]
+    search_path = _search_path(connection)
+    if search_path is not None:
+        # django-tenants sets search_path for the whole session when a cursor is opened; this
+        # repeats it for the statement's own transaction, so a pooler handing the server
+        # connection to someone else in between cannot put the statement in a wrong schema.
+        pairs.append(("search_path", search_path))
+    return pairs
+
+
 def set_tenant(execute, sql_text, params, many, context):
     """Execute wrapper: run the statement with the current tenant set for its transaction."""
     if not isinstance(sql_text, str) or _PASS_THROUGH.match(sql_text):
         return execute(sql_text, params, many, context)
     raw_cursor = context["cursor"].cursor
     raw_connection = raw_cursor.connection
-    name, value = _setting_name(), tenant_setting_value()
+    pairs = _settings(context["connection"])
     single_round_trip = (
         not many
         and isinstance(raw_cursor, psycopg.ClientCursor)
         and not isinstance(raw_cursor, psycopg.ServerCursor)
     )
     if single_round_trip:
-        prefix = f"SELECT set_config({_literal(name, raw_connection)}, " \
-                 f"{_literal(value, raw_connection)}, true); "
+        prefix = "SELECT " + ", ".join(
+            f"set_config({_literal(name, raw_connection)}, {_literal(value, raw_connection)}, true)"
+            for name, value in pairs
+        ) + "; "
         if params is not None:
             prefix = prefix.replace("%", "%%")
         result = execute(prefix + sql_text, params, many, context)
         # The cursor sits on set_config's result; move it to the caller's statement.
         raw_cursor.nextset()
         return result
+    statement = "SELECT " + ", ".join([sql.SET_CONFIG] * len(pairs))
+    values = [item for pair in pairs for item in pair]
     if raw_connection.autocommit:
         with raw_connection.transaction():
-            raw_connection.execute(sql.SET_TENANT, [name, value])
+            raw_connection.execute(statement, values)
             return execute(sql_text, params, many, context)
-    raw_connection.execute(sql.SET_TENANT, [name, value])
+    raw_connection.execute(statement, values)
     return execute(sql_text, params, many, context)
 
 

@@ -65,7 +65,7 @@ def drop_constraint(quote: Quote, table: str, name: str) -> str:
     return f"ALTER TABLE {quote(table)} DROP CONSTRAINT IF EXISTS {quote(name)}"
 
 
-SET_TENANT = "SELECT set_config(%s, %s, true)"
+SET_CONFIG = "set_config(%s, %s, true)"
 
 TABLE_SECURITY = """
 SELECT c.relrowsecurity, c.relforcerowsecurity,

@@ -118,7 +118,8 @@ def orm_op(name, tenant_pk, foreign_pk, value):
         assert count == Account.unscoped.filter(tenant_id=tenant_pk).count()
         assert run_async(lambda: m.aexists()) == (count > 0)
         assert run_async(lambda: m.aaggregate(n=Count("pk")))["n"] == count
-        in_bulk = run_async(lambda: m.ain_bulk(list(Account.unscoped.values_list("pk", flat=True))))
+        every_pk = list(Account.unscoped.values_list("pk", flat=True))
+        in_bulk = run_async(lambda: m.ain_bulk(every_pk))
         own(in_bulk.values(), tenant_pk)
 
         async def collect():
