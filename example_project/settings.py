@@ -69,6 +69,7 @@ SHOW_PUBLIC_IF_NO_TENANT_FOUND = True
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django_tenants.middleware.main.TenantMainMiddleware",
+    "data_arch.tenancy.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -38,12 +38,16 @@ def resolve_tenant(schema_name: str) -> Any:
 
 
 def iter_tenants(include_public: bool = False) -> Iterator[Any]:
-    """Every tenant, in schema-name order (the public schema only when asked)."""
+    """Every tenant, in schema-name order (the public schema only when asked); without
+    django-tenants, in ``TENANCY.LOOKUP_FIELD`` order."""
     model = tenant_model()
     if model is None:
         return iter(())
-    queryset = model.objects.order_by("schema_name")
-    if not include_public:
+    from data_arch.conf import tenancy_settings
+
+    has_schema = any(f.name == "schema_name" for f in model._meta.get_fields())
+    queryset = model.objects.order_by("schema_name" if has_schema else tenancy_settings().lookup_field)
+    if has_schema and not include_public:
         queryset = queryset.exclude(schema_name=public_schema_name())
     return queryset.iterator()
 

@@ -118,3 +118,18 @@ def app_role(live_db, data_arch_services):
 def as_tenant():
     """``as_tenant(t)``: shorthand for ``tenant_context(t)``."""
     return tenant_context
+
+
+@pytest.fixture(scope="session")
+def tenant_schemas(django_db_setup, django_db_blocker):
+    """The root fixture's schemas, as a separate instance for this directory.
+
+    Transactional tests elsewhere flush ``customers_client``; keeping our own instance leaves
+    the root session fixture to be created (and its rows written) when those tests need it.
+    """
+    from tests.factories import ClientFactory
+
+    with django_db_blocker.unblock():
+        for schema in ("tenant_a", "tenant_b"):
+            ClientFactory(schema_name=schema)
+    return ("tenant_a", "tenant_b")
