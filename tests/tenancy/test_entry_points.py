@@ -128,3 +128,39 @@ def test_tenancy_status_command_per_tenant(accounts):
 def test_bad_tenant_option_is_a_clear_command_error(accounts, value, message):
     with pytest.raises(CommandError, match=message):
         call_command("tenancy", "status", tenant=value, stdout=io.StringIO())
+
+
+def test_admin_on_a_tenant_host_lists_and_creates_that_tenants_rows(tenant, django_user_model):
+    import datetime
+
+    from django.test import Client as HttpClient
+
+    from example_project.billing.models import Invoice
+    from example_project.customers.models import Client, Domain
+
+    other = Client(schema_name="admin_other", name="Other")
+    other.auto_create_schema = False
+    other.save()
+    day = datetime.date(2026, 5, 1)
+    for owner in (tenant, other):
+        with tenant_context(owner):
+            account = Account.objects.create(name="adm", email="adm@x.com")
+            Invoice.objects.create(account=account, number=f"ADM-{owner.schema_name}",
+                                   total_cents=1, issued_on=day, due_on=day)
+    host = tenant.schema_name.replace("_", "") + ".localhost"  # no "_" in host names
+    Domain.objects.create(domain=host, tenant=tenant, is_primary=True)
+    with tenant_context(tenant):
+        django_user_model.objects.create_superuser("root", "root@x.com", "pw")
+    http = HttpClient(HTTP_HOST=host)
+    with tenant_context(tenant):
+        assert http.login(username="root", password="pw")
+    page = http.get("/admin/billing/invoice/").content.decode()
+    assert f"ADM-{tenant.schema_name}" in page and "ADM-admin_other" not in page
+    with tenant_context(tenant):
+        own_account = Account.objects.get()
+    response = http.post("/admin/billing/invoice/add/", {
+        "account": own_account.pk, "number": "ADM-NEW", "status": "open", "total_cents": 5,
+        "issued_on": "2026-05-02", "due_on": "2026-06-02",
+    })
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Invoice.unscoped.get(number="ADM-NEW").tenant_id == tenant.pk
