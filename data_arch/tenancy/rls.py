@@ -84,10 +84,14 @@ def _settings(connection: Any) -> list[tuple[str, str]]:
 
 def set_tenant(execute, sql_text, params, many, context):
     """Execute wrapper: run the statement with the current tenant set for its transaction."""
-    if not isinstance(sql_text, str) or _PASS_THROUGH.match(sql_text):
-        return execute(sql_text, params, many, context)
     raw_cursor = context["cursor"].cursor
     raw_connection = raw_cursor.connection
+    if isinstance(sql_text, psycopg.sql.Composable):
+        sql_text = sql_text.as_string(raw_connection)
+    elif isinstance(sql_text, bytes):
+        sql_text = sql_text.decode(raw_connection.info.encoding)
+    if _PASS_THROUGH.match(sql_text):
+        return execute(sql_text, params, many, context)
     pairs = _settings(context["connection"])
     single_round_trip = (
         not many

@@ -4,6 +4,7 @@ import datetime
 import threading
 
 import psycopg
+import psycopg.sql
 import pytest
 from django.db import connections, transaction
 
@@ -116,6 +117,11 @@ def test_statement_results_are_the_callers_not_set_configs(committed, app_role):
             assert cursor.fetchone() == ("y%",)
             cursor.execute("UPDATE billing_invoice SET total_cents = total_cents")
             assert cursor.rowcount == 2
+            composed = psycopg.sql.SQL("SELECT count(*) FROM {}").format(
+                psycopg.sql.Identifier("billing_invoice")
+            )
+            cursor.execute(composed)
+            assert cursor.fetchone() == (2,)
 
 
 def test_replica_alias_is_scoped_too(committed, app_role, wait_for_replica):
