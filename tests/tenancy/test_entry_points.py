@@ -164,3 +164,28 @@ def test_admin_on_a_tenant_host_lists_and_creates_that_tenants_rows(tenant, djan
     })
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Invoice.unscoped.get(number="ADM-NEW").tenant_id == tenant.pk
+
+
+def test_concurrent_async_requests_keep_their_own_tenant(accounts):
+    import asyncio
+
+    made, schemas = accounts
+
+    async def slow_view(request):
+        await asyncio.sleep(0.01)  # let the other request run in between
+        first = [a.email async for a in Account.objects.all()]
+        await asyncio.sleep(0.01)
+        second = [a.email async for a in Account.objects.all()]
+        return HttpResponse(",".join(first + second))
+
+    middleware = TenantMiddleware(slow_view)
+
+    async def many():
+        requests = [
+            middleware(RequestFactory().get("/", HTTP_X_TENANT=schema))
+            for schema in list(schemas.values()) * 3
+        ]
+        return [r.content.decode() for r in await asyncio.gather(*requests)]
+
+    expected = [f"{made[pk].email},{made[pk].email}" for pk in schemas] * 3
+    assert async_to_sync(many)() == expected
