@@ -4,6 +4,8 @@ import datetime
 
 import pytest
 from celery import chain, group
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data_arch.tenancy import NoTenantError, tenant_context
 from data_arch.tenancy.celery import HEADER, tenant_from_header
@@ -31,7 +33,8 @@ def billed(row_tenants, live_db):
 
 
 def numbers(tenant):
-    return [f"C{tenant.pk}"]
+    """The tenant's invoice numbers as committed now (tasks may have added some)."""
+    return sorted(Invoice.unscoped.filter(tenant_id=tenant.pk).values_list("number", flat=True))
 
 
 def test_a_task_runs_in_the_tenant_it_was_sent_from(billed, celery_worker):
@@ -104,3 +107,16 @@ def test_a_schema_tenant_task_runs_in_its_schema(tenant, celery_worker):
     assert result.get(timeout=WAIT) == [
         {"tenant": tenant.pk, "schema": tenant.schema_name, "numbers": []}
     ]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.integers(0, 2), min_size=1, max_size=5))
+def test_random_task_streams_stay_with_their_tenant(billed, celery_worker, order):
+    tenants, _accounts = billed
+    sent = []
+    for index in order:
+        with tenant_context(tenants[index]):
+            sent.append((tenants[index], invoice_numbers.delay()))
+    for tenant, result in sent:
+        (seen,) = result.get(timeout=WAIT)
+        assert seen["tenant"] == tenant.pk and seen["numbers"] == numbers(tenant)

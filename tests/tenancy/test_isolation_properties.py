@@ -253,3 +253,34 @@ def test_replica_reads_follow_the_tenant(seeded, app_role, wait_for_replica, ord
     assert Account.unscoped.using("app_replica").count() == 0
     assert sum(expected.values()) == 24
     assert Account.unscoped.using("replica").aggregate(s=Sum("tenant_id"))["s"] is not None
+
+
+@PROPERTY_SETTINGS
+@given(visits=st.lists(st.one_of(st.none(), st.integers(0, 7)), min_size=2, max_size=10))
+def test_one_pooled_connection_reused_across_tenants_never_leaks(seeded, app_role, visits):
+    import threading
+
+    seen = []
+
+    def requests():
+        try:
+            for index in visits:
+                tenant = None if index is None else seeded[index]
+                with tenant_context(tenant) if tenant else _no_tenant():
+                    with connections["app_pool"].cursor() as cursor:
+                        cursor.execute("SELECT DISTINCT tenant_id FROM billing_account")
+                        raw = {row[0] for row in cursor.fetchall()}
+                    orm = set(Account.unscoped.using("app_pool").values_list("tenant_id", flat=True))
+                seen.append((tenant.pk if tenant else None, raw, orm))
+                connections["app_pool"].close()  # back to the pool for the next "request"
+        finally:
+            connections["app_pool"].close()
+
+    connections["app_pool"].close()
+    thread = threading.Thread(target=requests)
+    thread.start()
+    thread.join()
+    assert len(seen) == len(visits)
+    for tenant_pk, raw, orm in seen:
+        expected = set() if tenant_pk is None else {tenant_pk}
+        assert raw == expected and orm == expected
