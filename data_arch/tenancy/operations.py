@@ -83,13 +83,13 @@ class EnableRowLevelSecurity(_ModelOperation):
 
 
 def _composite_fks(model: Any) -> list[tuple[Any, str]]:
-    fks = []
-    for field in model._meta.local_fields:
-        if field.is_relation and field.many_to_one and field.name != TENANT_FIELD:
-            # Historical models rebuild fields from deconstruct(), so check the path too.
-            if isinstance(field, TenantForeignKey) or type(field).__name__ == "TenantForeignKey":
-                fks.append((field, f"{model._meta.db_table}_{field.column}_tenant_fk"))
-    return fks
+    # Historical models rebuild their fields from deconstruct(), so these are real
+    # TenantForeignKey instances in migrations too.
+    return [
+        (field, f"{model._meta.db_table}_{field.column}_tenant_fk")
+        for field in model._meta.local_fields
+        if isinstance(field, TenantForeignKey)
+    ]
 
 
 class TenantKeys(_ModelOperation):

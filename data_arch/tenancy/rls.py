@@ -1,8 +1,9 @@
 """The current tenant on every PostgreSQL statement, per transaction, on every alias.
 
 An execute wrapper installed on every PostgreSQL connection (primary and replicas alike, via
-``connection_created``) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` in
-the same transaction as each statement:
+``connection_created``) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
+and, on django-tenants connections, ``set_config('search_path', <the schema's path>, true)`` --
+in the same transaction as each statement:
 
 * a plain statement gets ``SELECT set_config(...);`` in front of it, sent in the same round
   trip. PostgreSQL runs a multi-statement query as one transaction even in autocommit, and the
@@ -11,7 +12,7 @@ the same transaction as each statement:
   statements in one ``execute``) get a separate ``set_config`` first -- inside a transaction
   opened for the purpose when the connection is in autocommit.
 
-``true`` makes the value transaction-local, so a connection returned to Django's pool or to
+``true`` makes the values transaction-local, so a connection returned to Django's pool or to
 PgBouncer in transaction mode carries nothing to its next user, and a value an earlier
 statement set session-wide is overridden for every statement that follows. With no tenant the
 value is ``''``, which the policy reads as "no rows".

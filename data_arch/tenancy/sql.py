@@ -26,8 +26,10 @@ def enable_rls(quote: Quote, table: str, column: str, cast: str, setting: str):
         (f"ALTER TABLE {quote(table)} ENABLE ROW LEVEL SECURITY", None),
         (f"ALTER TABLE {quote(table)} FORCE ROW LEVEL SECURITY", None),
         (
-            f"CREATE POLICY {quote(POLICY_NAME)} ON {quote(table)} AS PERMISSIVE FOR ALL "
-            f"USING ({predicate}) WITH CHECK ({predicate})",
+            (
+                f"CREATE POLICY {quote(POLICY_NAME)} ON {quote(table)} AS PERMISSIVE FOR ALL "
+                f"USING ({predicate}) WITH CHECK ({predicate})"
+            ),
             [setting, setting],
         ),
     ]

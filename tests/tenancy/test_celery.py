@@ -48,7 +48,7 @@ def test_a_task_runs_in_the_tenant_it_was_sent_from(billed, celery_worker):
 
 
 def test_chains_and_groups_keep_the_tenant(billed, celery_worker):
-    (a, b, c), _accounts = billed
+    (_a, b, c), _accounts = billed
     with tenant_context(b):
         chained = chain(invoice_numbers.s(), invoice_numbers.s(), invoice_numbers.s()).apply_async()
     with tenant_context(c):

@@ -99,7 +99,7 @@ def test_none_is_never_all_tenants(two_tenants):
 def test_each_path_sees_only_the_current_tenant(two_tenants):
     a, b, made = two_tenants
     acc_a, inv_a, _ = made[a.pk]
-    acc_b, inv_b, _ = made[b.pk]
+    acc_b, _inv_b, _ = made[b.pk]
     with tenant_context(a):
         assert list(Account.objects.all()) == [acc_a]
         assert Account.objects.count() == 1
@@ -125,7 +125,7 @@ def test_each_path_sees_only_the_current_tenant(two_tenants):
 
 def test_related_access_is_scoped(two_tenants):
     a, b, made = two_tenants
-    acc_a, inv_a, contact_a = made[a.pk]
+    acc_a, inv_a, _contact_a = made[a.pk]
     acc_b, inv_b, _ = made[b.pk]
     with tenant_context(a):
         invoice = Invoice.objects.select_related("account").get(pk=inv_a.pk)
