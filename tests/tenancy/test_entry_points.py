@@ -120,6 +120,14 @@ def test_tenancy_status_command_per_tenant(accounts):
     assert all(t["rls_forced"] and t["policy"] for t in tables.values())
 
 
+def test_tenancy_status_command_table_for_all_tenants(accounts):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("tenancy", "status", all_tenants=True, stdout=out, stderr=err)
+    text = out.getvalue()
+    assert text.count("billing_account") >= 2 and "RLS forced" in text
+    assert "[1/" in err.getvalue()
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [("no_such_tenant", "unknown tenant 'no_such_tenant'"), ("a;b", "invalid schema name"),

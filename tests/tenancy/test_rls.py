@@ -187,3 +187,22 @@ def test_psycopg_without_data_arch_sees_nothing(committed, app_role):
 def test_tenant_on_a_tenant_without_pk_sets_nothing(committed, app_role):
     with tenant_context(Tenant(pk=None, schema_name="public")):
         assert raw_numbers("app") == []
+
+
+def test_async_queries_and_tenant_switches_inside_one_transaction(committed, app_role):
+    from asgiref.sync import async_to_sync
+
+    a, b, _c = committed
+
+    async def count_as(tenant):
+        with tenant_context(tenant):
+            return await Invoice.unscoped.using("app").acount()
+
+    assert async_to_sync(count_as)(a) == 2
+    with transaction.atomic(using="app"):
+        with tenant_context(a):
+            assert raw_numbers("app") == [f"T{a.pk}-0", f"T{a.pk}-1"]
+            with tenant_context(b):
+                assert raw_numbers("app") == [f"T{b.pk}-0", f"T{b.pk}-1"]
+            assert len(raw_numbers("app")) == 2
+        assert raw_numbers("app") == []
