@@ -90,3 +90,22 @@ def test_deploy_checks_run_only_when_asked():
     registered = checks.registry.registry.get_checks(include_deployment_checks=False)
     assert check_application_role not in registered
     assert check_application_role in checks.registry.registry.get_checks(True)
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "fragment"),
+    [
+        ({"RLS_SETTING": "tenant"}, "must be a custom PostgreSQL setting"),
+        ({"RLS_SETTING": "x.y'; RESET ALL; --"}, "must be a custom PostgreSQL setting"),
+        ({"LOOKUP_FIELD": ""}, "LOOKUP_FIELD'] must be a non-empty string"),
+        ({"MODEL": 3}, "MODEL'] must be a non-empty string"),
+    ],
+)
+def test_bad_tenancy_settings_are_named(tenancy, fragment):
+    from django.test import override_settings
+
+    from data_arch import conf
+
+    with override_settings(DATA_ARCH={"TENANCY": tenancy}):
+        errors = conf.configuration_errors()
+    assert any(fragment in error for error in errors), errors
