@@ -13,7 +13,7 @@ import contextlib
 import pytest
 from django.db import connections
 
-from data_arch.tenancy import Tenant, tenant_context
+from data_arch.tenancy import Tenant
 from data_arch.testing.pytest_plugin import replica_caught_up
 
 APP_ROLE = "data_arch_test_app"
@@ -47,13 +47,6 @@ def row_tenants(live_db):
     yield [Tenant(pk=client.pk) for client in clients]
     _purge_billing()
     Client.objects.filter(pk__in=[c.pk for c in clients]).delete()
-
-
-@pytest.fixture
-def clean_billing(live_db):
-    _purge_billing()
-    yield
-    _purge_billing()
 
 
 def _add_alias(alias: str, base: str, **changes) -> None:
@@ -112,12 +105,6 @@ def app_role(live_db, data_arch_services):
         cursor.execute(f'DROP OWNED BY "{APP_ROLE}"')
         with contextlib.suppress(Exception):
             cursor.execute(f'DROP ROLE "{APP_ROLE}"')
-
-
-@pytest.fixture
-def as_tenant():
-    """``as_tenant(t)``: shorthand for ``tenant_context(t)``."""
-    return tenant_context
 
 
 @pytest.fixture(scope="session")
