@@ -131,11 +131,14 @@ def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
 
 def install() -> None:
     """Install the wrapper on every PostgreSQL connection, current and future (idempotent)."""
+    from django.conf import settings
     from django.db import connections
 
     connection_created.connect(
         _on_connection_created, weak=False, dispatch_uid="data_arch.tenancy.rls"
     )
+    if not settings.configured:
+        return  # imported before settings: connections made later get it from the signal
     for alias in connections:
         connection = connections[alias]
         if connection.connection is not None:
