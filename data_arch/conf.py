@@ -113,6 +113,19 @@ def optional_string(name: str, value: Any) -> str | None:
     return None if value is None else string(name, value)
 
 
+def custom_setting_name(name: str, value: Any) -> str:
+    """A PostgreSQL custom setting name such as ``data_arch.tenant_id``."""
+    import re
+
+    text = string(name, value)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_$]*", text):
+        raise SettingError(
+            f"{name} must be a custom PostgreSQL setting like 'data_arch.tenant_id' "
+            f"(prefix.name, letters, digits and underscores), got {value!r}"
+        )
+    return text
+
+
 def one_of(*choices: str) -> Validator:
     def check(name: str, value: Any) -> str:
         if value not in choices:
@@ -196,7 +209,11 @@ class TenancySettings:
     #: Resolve the row-level tenant from the left-most subdomain of the host.
     subdomain: bool = _field(False, boolean)
     #: The PostgreSQL custom setting that carries the tenant id for Row-Level Security.
-    rls_setting: str = _field("data_arch.tenant_id", string)
+    rls_setting: str = _field("data_arch.tenant_id", custom_setting_name)
+    #: The tenant model (``"app_label.Model"``); ``None`` uses django-tenants' TENANT_MODEL.
+    model: str | None = _field(None, optional_string)
+    #: Field of the tenant model that the header or subdomain value is looked up by.
+    lookup_field: str = _field("schema_name", string)
 
 
 @dataclasses.dataclass(frozen=True)

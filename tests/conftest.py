@@ -7,7 +7,7 @@ TENANT_SCHEMAS = ("tenant_a", "tenant_b")
 
 
 @pytest.fixture(scope="session")
-def _migrated_tenant_schemas(django_db_setup, django_db_blocker):
+def migrated_tenant_schemas(django_db_setup, django_db_blocker):
     """Create and migrate the test tenants' schemas once per session (it runs migrations)."""
     with django_db_blocker.unblock():
         for schema in TENANT_SCHEMAS:
@@ -16,7 +16,7 @@ def _migrated_tenant_schemas(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
-def tenant_schemas(_migrated_tenant_schemas, django_db_blocker):
+def tenant_schemas(migrated_tenant_schemas, django_db_blocker):
     """Two tenants, tenant_a and tenant_b, whose schemas exist and are migrated.
 
     A ``transaction=True`` test flushes the tenant rows (not the schemas) when it ends, so the

@@ -8,11 +8,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from data_arch.tenancy import InvalidTenantError, iter_tenants, resolve_tenant, tenant_context
+from data_arch.tenancy import InvalidTenantError, iter_tenants, resolve_tenant_by, tenant_context
 
 
 class TenantCommand(BaseCommand):
-    """A command that runs once, or once per tenant (``--tenant SCHEMA`` / ``--all-tenants``)."""
+    """A command that runs once, or once per tenant (``--tenant SCHEMA`` / ``--all-tenants``).
+
+    ``--tenant`` is looked up by ``TENANCY.LOOKUP_FIELD`` (the schema name by default); an
+    unknown or malformed value is a CommandError before any work starts.
+    """
 
     def add_arguments(self, parser: CommandParser) -> None:
         group = parser.add_mutually_exclusive_group()
@@ -23,7 +27,7 @@ class TenantCommand(BaseCommand):
         """The tenants to run for; None means 'no tenant' (shared/public data)."""
         if options.get("tenant"):
             try:
-                return [resolve_tenant(options["tenant"])]
+                return [resolve_tenant_by(options["tenant"])]
             except InvalidTenantError as exc:
                 raise CommandError(f"--tenant: {exc}") from None
         if options.get("all_tenants"):
@@ -39,7 +43,8 @@ class TenantCommand(BaseCommand):
         total = len(tenants)
         for number, tenant in enumerate(tenants, 1):
             if total > 1 and options.get("verbosity", 1) >= 1:
-                self.stderr.write(f"[{number}/{total}] {tenant.schema_name}")
+                label = getattr(tenant, "schema_name", None) or str(tenant)
+                self.stderr.write(f"[{number}/{total}] {label}")
             with tenant_context(tenant):
                 results.append(work(tenant))
         return results

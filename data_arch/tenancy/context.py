@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
+    "CrossTenantError",
     "InvalidTenantError",
     "NoTenantError",
     "Tenant",
@@ -36,6 +37,10 @@ class NoTenantError(RuntimeError):
 
 class InvalidTenantError(ValueError):
     """A tenant reference (schema name, id, object) is malformed or unknown."""
+
+
+class CrossTenantError(RuntimeError):
+    """Code running for one tenant tried to read or write another tenant's rows."""
 
 
 def validate_schema_name(name: Any) -> str:

@@ -1,0 +1,313 @@
+"""Row-level tenancy: tenant-scoped models whose every query path fails closed.
+
+A model that subclasses :class:`TenantModel` gets a ``tenant`` foreign key to the tenant model
+and two managers:
+
+* ``objects`` (also the base manager, so ForeignKey access, reverse managers, prefetching, saves
+  and cascades use it): every queryset is bound to the tenant active when it was created and
+  filters by it. With no tenant active it raises :class:`NoTenantError`; evaluated while another
+  tenant is active it raises :class:`CrossTenantError`. ``None`` is never "all tenants".
+* ``unscoped``: a plain manager for admin and maintenance code that means to cross tenants. On
+  a connection subject to Row-Level Security it still sees only the current tenant's rows; real
+  cross-tenant work goes through an alias whose role may bypass RLS (see the README).
+
+Keys are Citus-ready: :class:`TenantForeignKey` joins on ``(tenant_id, fk)`` and the
+:class:`~data_arch.tenancy.operations.TenantKeys` migration operation makes the table's primary
+key ``(tenant_id, id)`` and its foreign keys composite. Django keeps ``id`` as the ORM's primary
+key: it comes from one sequence, so it is unique on its own, and every ORM query also carries
+the tenant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.lookups import Exact
+from django.db.models.signals import class_prepared
+from django.db.models.sql.where import AND, WhereNode
+
+from data_arch.tenancy.context import (
+    CrossTenantError,
+    InvalidTenantError,
+    NoTenantError,
+    current_tenant,
+    require_tenant,
+)
+
+__all__ = [
+    "TENANT_FIELD",
+    "TenantForeignKey",
+    "TenantManager",
+    "TenantModel",
+    "TenantQuerySet",
+    "is_tenant_model",
+    "tenant_index",
+    "tenant_pk_for",
+    "tenant_unique",
+]
+
+#: The name of the tenant foreign key on every tenant-scoped model (column ``tenant_id``).
+TENANT_FIELD = "tenant"
+
+_UNBOUND = object()
+
+
+def tenant_model_label() -> str:
+    """The tenant model as ``"app_label.Model"``: ``DATA_ARCH["TENANCY"]["MODEL"]``, else
+    django-tenants' ``TENANT_MODEL``."""
+    from data_arch.conf import tenancy_settings
+
+    label = tenancy_settings().model or getattr(settings, "TENANT_MODEL", None)
+    if not label:
+        raise InvalidTenantError(
+            "row-level tenancy needs a tenant model: set DATA_ARCH['TENANCY']['MODEL'] "
+            "(or django-tenants' TENANT_MODEL) to 'app_label.Model'"
+        )
+    return label
+
+
+def is_tenant_model(model: Any) -> bool:
+    return isinstance(model, type) and issubclass(model, TenantModel) and not model._meta.abstract
+
+
+def tenant_pk_for(model: type[models.Model]) -> Any:
+    """The active tenant's primary key, as ``model``'s tenant column stores it.
+
+    Raises NoTenantError when no tenant is active, so a missing tenant never widens a query.
+    """
+    tenant = require_tenant()
+    if tenant.pk is None:
+        raise NoTenantError(
+            f"tenant {tenant.key!r} has no primary key, and {model._meta.label} is scoped by "
+            "tenant id: activate it with tenant_context(Tenant(pk=..., schema_name=...)) or a "
+            "tenant model instance"
+        )
+    target = model._meta.get_field(TENANT_FIELD).target_field
+    try:
+        return target.to_python(tenant.pk)
+    except ValidationError:
+        raise InvalidTenantError(
+            f"tenant primary key {tenant.pk!r} is not a valid {target.get_internal_type()} "
+            f"for {model._meta.label}.{TENANT_FIELD}"
+        ) from None
+
+
+class TenantQuerySet(models.QuerySet):
+    """A queryset bound to one tenant; it refuses to run for any other (or for none)."""
+
+    _tenant_pk: Any = _UNBOUND
+
+    def _check_tenant(self) -> Any:
+        bound = self._tenant_pk
+        if bound is _UNBOUND:
+            raise NoTenantError(
+                f"this {self.model._meta.label} queryset was not made by its tenant-scoped "
+                "manager; use Model.objects (scoped) or Model.unscoped (deliberately unscoped)"
+            )
+        if current_tenant() is None:
+            raise NoTenantError(
+                f"{self.model._meta.label} rows of tenant {bound!r} were queried after that "
+                "tenant's context ended: evaluate the queryset inside tenant_context()"
+            )
+        active = tenant_pk_for(self.model)
+        if active != bound:
+            raise CrossTenantError(
+                f"a {self.model._meta.label} queryset made for tenant {bound!r} was used while "
+                f"tenant {active!r} is active; build querysets inside the tenant they serve"
+            )
+        return bound
+
+    # Every SQL statement Django builds from a queryset starts from ``self.query``, so checking
+    # here covers iteration, count, exists, explain, aggregate, update, delete, in_bulk,
+    # iterator, subqueries and combinators, sync and async alike.
+    @property
+    def query(self):  # type: ignore[override]
+        self._check_tenant()
+        return models.QuerySet.query.fget(self)  # type: ignore[attr-defined]
+
+    @query.setter
+    def query(self, value):
+        models.QuerySet.query.fset(self, value)  # type: ignore[attr-defined]
+
+    def _clone(self):
+        clone = super()._clone()
+        clone._tenant_pk = self._tenant_pk
+        return clone
+
+    def _fetch_all(self) -> None:
+        # Cached results must not be handed to another tenant either.
+        self._check_tenant()
+        super()._fetch_all()
+
+    def _claim(self, obj: models.Model, tenant_pk: Any) -> None:
+        own = getattr(obj, f"{TENANT_FIELD}_id")
+        if own is None:
+            setattr(obj, f"{TENANT_FIELD}_id", tenant_pk)
+        elif self.model._meta.get_field(TENANT_FIELD).target_field.to_python(own) != tenant_pk:
+            raise CrossTenantError(
+                f"{obj._meta.label} {obj.pk!r} belongs to tenant {own!r}, not to the active "
+                f"tenant {tenant_pk!r}; nothing was written"
+            )
+
+    def bulk_create(self, objs, *args: Any, **kwargs: Any):
+        tenant_pk = self._check_tenant()
+        objs = list(objs)
+        for obj in objs:  # all checked before anything is written
+            self._claim(obj, tenant_pk)
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def bulk_update(self, objs, fields, *args: Any, **kwargs: Any):
+        tenant_pk = self._check_tenant()
+        if TENANT_FIELD in fields or f"{TENANT_FIELD}_id" in fields:
+            raise CrossTenantError("bulk_update() cannot move rows to another tenant")
+        objs = list(objs)
+        for obj in objs:
+            self._claim(obj, tenant_pk)
+        return super().bulk_update(objs, fields, *args, **kwargs)
+
+    def update(self, **kwargs: Any) -> int:
+        self._check_tenant()
+        if TENANT_FIELD in kwargs or f"{TENANT_FIELD}_id" in kwargs:
+            raise CrossTenantError(
+                f"update() cannot change {self.model._meta.label}.{TENANT_FIELD}: rows never "
+                "move between tenants"
+            )
+        return super().update(**kwargs)
+
+
+class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]
+    """The scoped manager: querysets of the active tenant's rows only."""
+
+    def get_queryset(self) -> TenantQuerySet:
+        tenant_pk = tenant_pk_for(self.model)
+        queryset = super().get_queryset()
+        queryset._tenant_pk = tenant_pk
+        # Filtering the fresh query in place: it has not been shared yet.
+        queryset._query.add_q(Q(**{f"{TENANT_FIELD}_id": tenant_pk}))
+        return queryset
+
+
+class TenantForeignKey(models.ForeignKey):
+    """A foreign key between two tenant-scoped models that joins on the tenant too.
+
+    Joins (``select_related``, filters across the relation) get ``AND target.tenant_id =
+    source.tenant_id``, forward access fetches the related row within the same tenant, and the
+    database constraint is the composite ``(tenant_id, <column>) -> (tenant_id, id)`` that
+    :class:`~data_arch.tenancy.operations.TenantKeys` creates (so Django's own single-column
+    constraint is off), which is what Citus needs to co-locate the two tables.
+    """
+
+    def __init__(self, to: Any, on_delete: Any, **kwargs: Any) -> None:
+        kwargs["db_constraint"] = False
+        kwargs.setdefault("db_index", False)
+        super().__init__(to, on_delete, **kwargs)
+
+    def deconstruct(self):
+        name, path, args, kwargs = super().deconstruct()
+        kwargs.pop("db_constraint", None)
+        return name, path, args, kwargs
+
+    def get_extra_restriction(self, alias, related_alias):
+        if alias is None or related_alias is None:
+            return None
+        target = self.remote_field.model._meta.get_field(TENANT_FIELD)
+        source = self.model._meta.get_field(TENANT_FIELD)
+        return WhereNode([Exact(target.get_col(alias), source.get_col(related_alias))], AND)
+
+    def get_extra_descriptor_filter(self, instance):
+        return {f"{TENANT_FIELD}_id": getattr(instance, f"{TENANT_FIELD}_id")}
+
+
+class TenantModel(models.Model):
+    """Abstract base of row-level tenant-scoped models (a shared table, one tenant column)."""
+
+    tenant = models.ForeignKey(
+        tenant_model_label(),
+        on_delete=models.DO_NOTHING,  # delete a tenant's rows explicitly; never by cascade
+        related_name="+",
+        db_index=False,  # every tenant-leading index, the primary key included, serves it
+        editable=False,
+    )
+
+    objects = TenantManager()
+    unscoped = models.Manager()
+
+    class Meta:
+        abstract = True
+        base_manager_name = "objects"
+
+    def _own_tenant(self) -> Any:
+        tenant_pk = tenant_pk_for(type(self))
+        own = getattr(self, f"{TENANT_FIELD}_id")
+        if own is None:
+            setattr(self, f"{TENANT_FIELD}_id", tenant_pk)
+        elif self._meta.get_field(TENANT_FIELD).target_field.to_python(own) != tenant_pk:
+            raise CrossTenantError(
+                f"{self._meta.label} {self.pk!r} belongs to tenant {own!r}, not to the active "
+                f"tenant {tenant_pk!r}; nothing was written"
+            )
+        return tenant_pk
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self._own_tenant()
+        super().save(*args, **kwargs)
+
+    save.alters_data = True
+
+    def delete(self, *args: Any, **kwargs: Any):
+        self._own_tenant()
+        return super().delete(*args, **kwargs)
+
+    delete.alters_data = True
+
+
+def _scope_base_manager(sender: type[models.Model], **kwargs: Any) -> None:
+    # A subclass that declares its own Meta without inheriting TenantModel.Meta would fall back
+    # to an unscoped base manager; related access must stay scoped whatever Meta says.
+    if is_tenant_model(sender) and not sender._meta.base_manager_name:
+        sender._meta.base_manager_name = "objects"
+
+
+class_prepared.connect(_scope_base_manager, dispatch_uid="data_arch.tenancy.scope_base_manager")
+
+
+# --------------------------------------------------------------------------- Meta helpers
+
+
+def _expressions(items: tuple[Any, ...]) -> list[Any]:
+    expressions: list[Any] = [F(TENANT_FIELD)]
+    for item in items:
+        if isinstance(item, str):
+            expressions.append(F(item[1:]).desc() if item.startswith("-") else F(item))
+        else:
+            expressions.append(item)
+    return expressions
+
+
+def tenant_index(*fields: Any, name: str, condition: Q | None = None, **kwargs: Any) -> models.Index:
+    """An index led by the tenant column: ``tenant_index("due_on", condition=Q(status="open"))``,
+    ``tenant_index(Lower("email"), name=...)``. Fields are names (``"-field"`` for descending)
+    or expressions; ``condition`` makes it partial."""
+    if not fields:
+        raise ValueError("tenant_index() needs at least one field or expression after the tenant")
+    if all(isinstance(f, str) for f in fields):
+        return models.Index(fields=[TENANT_FIELD, *fields], name=name, condition=condition, **kwargs)
+    return models.Index(*_expressions(fields), name=name, condition=condition, **kwargs)
+
+
+def tenant_unique(
+    *fields: Any, name: str, condition: Q | None = None, **kwargs: Any
+) -> models.UniqueConstraint:
+    """A unique constraint per tenant: ``tenant_unique("number")``,
+    ``tenant_unique(Lower("email"), name=...)``, optionally partial with ``condition``."""
+    if not fields:
+        raise ValueError("tenant_unique() needs at least one field or expression after the tenant")
+    if all(isinstance(f, str) for f in fields):
+        return models.UniqueConstraint(
+            fields=[TENANT_FIELD, *fields], name=name, condition=condition, **kwargs
+        )
+    return models.UniqueConstraint(*_expressions(fields), name=name, condition=condition, **kwargs)

@@ -1,0 +1,111 @@
+"""System checks: model keys, RLS on the tables, the application role."""
+
+import pytest
+from django.core import checks
+from django.db import connections, models
+from django.test.utils import isolate_apps
+
+from data_arch.tenancy.checks import (
+    check_application_role,
+    check_tenant_models,
+    check_tenant_tables,
+    model_errors,
+)
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def ids(messages):
+    return sorted(m.id for m in messages)
+
+
+def test_example_models_pass():
+    assert [m for m in check_tenant_models() if m.id.startswith("data_arch.")] == []
+
+
+@isolate_apps("example_project.billing")
+def test_keys_without_the_tenant_are_errors():
+    from data_arch.tenancy.models import TenantModel, tenant_unique
+    from example_project.billing.models import Account
+
+    class Ledger(TenantModel):
+        code = models.CharField(max_length=8, unique=True)
+        account = models.ForeignKey(Account, on_delete=models.CASCADE)
+        tags = models.ManyToManyField("self")
+
+        class Meta(TenantModel.Meta):
+            app_label = "billing"
+            constraints = [
+                models.UniqueConstraint(fields=["account"], name="ledger_account_uniq"),
+                tenant_unique("account", name="ledger_ok_uniq"),
+            ]
+            indexes = [models.Index(fields=["code"], name="ledger_code_idx")]
+
+    class Plain(models.Model):
+        account = models.ForeignKey(Account, on_delete=models.CASCADE)
+
+        class Meta:
+            app_label = "billing"
+
+    messages = model_errors([Ledger, Plain])
+    assert ids(messages) == [
+        "data_arch.E101", "data_arch.E101", "data_arch.E102", "data_arch.E103",
+        "data_arch.E104", "data_arch.W100",
+    ]
+    assert any("Ledger.code is unique=True" in m.msg for m in messages)
+    assert any("Plain.account" in m.msg for m in messages)
+
+
+def test_migrated_tables_have_forced_rls_and_tenant_keys():
+    assert check_tenant_tables(databases=["default"]) == []
+
+
+def test_a_table_without_forced_rls_is_reported():
+    with connections["default"].cursor() as cursor:
+        cursor.execute("ALTER TABLE billing_contact NO FORCE ROW LEVEL SECURITY")
+        cursor.execute("DROP POLICY data_arch_tenant_isolation ON billing_contact")
+    messages = check_tenant_tables(databases=["default"])
+    assert ids(messages) == ["data_arch.W101"]
+    assert "FORCE ROW LEVEL SECURITY, policy" in messages[0].msg
+
+
+def test_a_primary_key_without_the_tenant_is_reported():
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE billing_invoice DROP CONSTRAINT billing_invoice_account_id_tenant_fk"
+        )
+    messages = check_tenant_tables(databases=["default"])
+    assert ids(messages) == ["data_arch.W102"]
+    assert "account_id" in messages[0].msg
+
+
+def test_superuser_owner_role_is_warned_and_ordinary_role_is_not(app_role):
+    assert ids(check_application_role(databases=["default"])) == [
+        "data_arch.W103", "data_arch.W104", "data_arch.W105",
+    ]
+    assert check_application_role(databases=["app"]) == []
+
+
+def test_deploy_checks_run_only_when_asked():
+    registered = checks.registry.registry.get_checks(include_deployment_checks=False)
+    assert check_application_role not in registered
+    assert check_application_role in checks.registry.registry.get_checks(True)
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "fragment"),
+    [
+        ({"RLS_SETTING": "tenant"}, "must be a custom PostgreSQL setting"),
+        ({"RLS_SETTING": "x.y'; RESET ALL; --"}, "must be a custom PostgreSQL setting"),
+        ({"LOOKUP_FIELD": ""}, "LOOKUP_FIELD'] must be a non-empty string"),
+        ({"MODEL": 3}, "MODEL'] must be a non-empty string"),
+    ],
+)
+def test_bad_tenancy_settings_are_named(tenancy, fragment):
+    from django.test import override_settings
+
+    from data_arch import conf
+
+    with override_settings(DATA_ARCH={"TENANCY": tenancy}):
+        errors = conf.configuration_errors()
+    assert any(fragment in error for error in errors), errors
