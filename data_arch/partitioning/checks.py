@@ -51,27 +51,34 @@ def check_partition_health(app_configs: Any = None, databases: Any = None, **kwa
     """W200 fewer months ahead than configured, W201 rows in the default partition."""
     if not databases:
         return []
-    from data_arch.partitioning.maintenance import status, _options
     from data_arch.conf import partition_settings
+    from data_arch.partitioning.maintenance import _options, status
+
+    from data_arch.tenancy import iter_tenants, tenant_context
 
     warnings: list[checks.CheckMessage] = []
     for alias in databases:
         if connections[alias].vendor != "postgresql":
             continue
         try:
-            report = status(using=alias)
             settings = partition_settings()
-        except (DatabaseError, Exception):
-            continue
+            reports = status(using=alias)
+            for tenant in iter_tenants():
+                with tenant_context(tenant):
+                    reports += status(using=alias)
+        except DatabaseError:
+            continue  # an unreachable or unmigrated database is reported elsewhere
         from django.apps import apps
 
-        for entry in report:
+        for entry in reports:
             model = apps.get_model(entry["model"])
             ahead, _, _ = _options(model, settings, None, None)
             where = f"{entry['schema']}.{entry['table']}"
             if entry["months_ahead"] < ahead or not entry["covers_current"]:
                 warnings.append(checks.Warning(
-                    f"{where} has partitions for {entry['months_ahead']} month(s) ahead; {ahead} configured.",
+                    f"{where} has partitions for {entry['months_ahead']} month(s) ahead"
+                    f"{'' if entry['covers_current'] else ' and none for the current month'}; "
+                    f"{ahead} configured.",
                     hint="Run `manage.py partitions apply` (schedule it, e.g. daily).", id="data_arch.W200"))
             if entry["default_rows"]:
                 warnings.append(checks.Warning(
