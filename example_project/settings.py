@@ -52,6 +52,7 @@ SHARED_APPS = [
     "django.contrib.admin",
     "django_prometheus",
     "data_arch",
+    "example_project.audit",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
