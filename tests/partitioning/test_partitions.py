@@ -221,3 +221,30 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(events, argv, message):
 def test_plan_refuses_bad_months_directly():
     with pytest.raises(PartitionError, match="--retain must be >= 1, got 0"):
         plan(retain=0)
+
+
+def test_detach_concurrently_on_a_table_without_default(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {sql.qualified(events, 'events_event_default')}")
+    try:
+        settings = {"PARTITIONS": {"RETENTION_MODE": "detach", "DETACH_CONCURRENTLY": True}}
+        with override_settings(DATA_ARCH=settings):
+            the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+            assert any("DETACH PARTITION" in s and s.endswith("CONCURRENTLY")
+                       for a in the_plan.tables[0].actions for s in a.statements)
+            apply(the_plan)
+        names = [name for name, _ in partitions()]
+        assert "events_event_p2026_01" not in names and "events_event_p2026_03" in names
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.create_default(TABLE))
+
+
+def test_demo_seed_spreads_events_over_more_than_a_year_into_partitions(events):
+    call_command("seed_events", "tenant_a", "--events", "300")
+    months = {(e.year, e.month) for e in Event.objects.values_list("occurred_at", flat=True)}
+    assert len(months) >= 13
+    report = status()[0]
+    assert report["default_rows"] == 0 and report["problems"] == []
+    assert report["months_ahead"] == 3
