@@ -1,6 +1,10 @@
 """Monthly RANGE partitions: declaration, plan/apply maintenance, status and index operations."""
 
-from data_arch.partitioning.declaration import MonthlyPartitioning, partitioned_models, partitioning_of
+from data_arch.partitioning.declaration import (
+    MonthlyPartitioning,
+    partitioned_models,
+    partitioning_of,
+)
 from data_arch.partitioning.maintenance import (
     Action,
     ApplyResult,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import re
 
 from django.db import connections, transaction
@@ -44,17 +45,21 @@ class TableState:
 
     @property
     def ranged(self) -> list[Partition]:
-        return sorted((p for p in self.partitions if not p.is_default),
-                      key=lambda p: (p.start or dt.datetime.min.replace(tzinfo=dt.UTC)))
+        return sorted(
+            (p for p in self.partitions if not p.is_default),
+            key=lambda p: p.start or dt.datetime.min.replace(tzinfo=dt.UTC),
+        )
 
     def gaps_and_overlaps(self) -> list[str]:
         problems = []
         ranged = self.ranged
-        for previous, current in zip(ranged, ranged[1:]):
+        for previous, current in itertools.pairwise(ranged):
             if previous.end is None or current.start is None:
                 continue
             if current.start > previous.end:
-                problems.append(f"gap: no partition covers {previous.end:%Y-%m-%d} .. {current.start:%Y-%m-%d}")
+                problems.append(
+                    f"gap: no partition covers {previous.end:%Y-%m-%d} .. {current.start:%Y-%m-%d}"
+                )
             elif current.start < previous.end:
                 problems.append(f"overlap: {previous.name} and {current.name}")
         return problems
@@ -100,8 +105,9 @@ def table_oid(using: str, schema: str, table: str) -> tuple[int, bool] | None:
     return (row[0], row[1]) if row else None
 
 
-def read_table(using: str, schema: str, table: str, column: str,
-               declared_indexes: list[str] | None = None) -> TableState | None:
+def read_table(
+    using: str, schema: str, table: str, column: str, declared_indexes: list[str] | None = None
+) -> TableState | None:
     """The catalog's view of ``schema.table``; None when the table does not exist there."""
     found = table_oid(using, schema, table)
     if found is None:
@@ -143,10 +149,14 @@ def read_table(using: str, schema: str, table: str, column: str,
         )
         present = {row[0] for row in cursor.fetchall()}
     missing = sorted(set(declared_indexes or ()) - present)
-    return TableState(schema, table, partitioned, tuple(partitions), default, default_rows, drift, missing)
+    return TableState(
+        schema, table, partitioned, tuple(partitions), default, default_rows, drift, missing
+    )
 
 
-def default_row_months(using: str, schema: str, default: str, column: str) -> dict[dt.datetime, int]:
+def default_row_months(
+    using: str, schema: str, default: str, column: str
+) -> dict[dt.datetime, int]:
     """Rows in the default partition grouped by UTC month."""
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core import checks
+from django.core.exceptions import FieldDoesNotExist
 from django.db import DatabaseError, connections, models
 
 from data_arch.partitioning import schema
@@ -23,26 +24,44 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
         assert declared is not None
         found = [c for c in model._meta.constraints if type(c) is type(declared)]
         if len(found) > 1:
-            errors.append(checks.Error(f"{model._meta.label} declares MonthlyPartitioning twice.",
-                                       obj=model, id="data_arch.E202"))
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label} declares MonthlyPartitioning twice.",
+                    obj=model,
+                    id="data_arch.E202",
+                )
+            )
         try:
             field = model._meta.get_field(declared.field)
-        except Exception:
-            errors.append(checks.Error(
-                f"{model._meta.label}: MonthlyPartitioning(field={declared.field!r}) names no field.",
-                hint="Name a DateTimeField of the model.", obj=model, id="data_arch.E200"))
+        except FieldDoesNotExist:
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}: MonthlyPartitioning(field={declared.field!r}) names no field.",
+                    hint="Name a DateTimeField of the model.",
+                    obj=model,
+                    id="data_arch.E200",
+                )
+            )
             continue
         if not isinstance(field, models.DateTimeField) or field.null:
-            errors.append(checks.Error(
-                f"{model._meta.label}.{declared.field} must be a non-null DateTimeField to partition by month.",
-                obj=model, id="data_arch.E200"))
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}.{declared.field} must be a non-null DateTimeField to partition by month.",
+                    obj=model,
+                    id="data_arch.E200",
+                )
+            )
         for other in model._meta.local_fields:
             if other.unique and not other.primary_key:
-                errors.append(checks.Error(
-                    f"{model._meta.label}.{other.name} is unique=True; on a partitioned table a unique "
-                    "constraint must include the partition key.",
-                    hint=f"Use Meta.constraints UniqueConstraint(fields=[{other.name!r}, {declared.field!r}]).",
-                    obj=model, id="data_arch.E201"))
+                errors.append(
+                    checks.Error(
+                        f"{model._meta.label}.{other.name} is unique=True; on a partitioned table a unique "
+                        "constraint must include the partition key.",
+                        hint=f"Use Meta.constraints UniqueConstraint(fields=[{other.name!r}, {declared.field!r}]).",
+                        obj=model,
+                        id="data_arch.E201",
+                    )
+                )
     return errors
 
 
@@ -53,7 +72,6 @@ def check_partition_health(app_configs: Any = None, databases: Any = None, **kwa
         return []
     from data_arch.conf import partition_settings
     from data_arch.partitioning.maintenance import _options, status
-
     from data_arch.tenancy import iter_tenants, tenant_context
 
     warnings: list[checks.CheckMessage] = []
@@ -75,13 +93,21 @@ def check_partition_health(app_configs: Any = None, databases: Any = None, **kwa
             ahead, _, _ = _options(model, settings, None, None)
             where = f"{entry['schema']}.{entry['table']}"
             if entry["months_ahead"] < ahead or not entry["covers_current"]:
-                warnings.append(checks.Warning(
-                    f"{where} has partitions for {entry['months_ahead']} month(s) ahead"
-                    f"{'' if entry['covers_current'] else ' and none for the current month'}; "
-                    f"{ahead} configured.",
-                    hint="Run `manage.py partitions apply` (schedule it, e.g. daily).", id="data_arch.W200"))
+                warnings.append(
+                    checks.Warning(
+                        f"{where} has partitions for {entry['months_ahead']} month(s) ahead"
+                        f"{'' if entry['covers_current'] else ' and none for the current month'}; "
+                        f"{ahead} configured.",
+                        hint="Run `manage.py partitions apply` (schedule it, e.g. daily).",
+                        id="data_arch.W200",
+                    )
+                )
             if entry["default_rows"]:
-                warnings.append(checks.Warning(
-                    f"{where}: {entry['default_rows']} row(s) sit in the default partition.",
-                    hint="Run `manage.py partitions apply` to move them into their months.", id="data_arch.W201"))
+                warnings.append(
+                    checks.Warning(
+                        f"{where}: {entry['default_rows']} row(s) sit in the default partition.",
+                        hint="Run `manage.py partitions apply` to move them into their months.",
+                        id="data_arch.W201",
+                    )
+                )
     return warnings

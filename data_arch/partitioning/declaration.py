@@ -49,8 +49,12 @@ class MonthlyPartitioning(BaseConstraint):
         if not isinstance(field, str) or not field:
             raise ValueError(f"MonthlyPartitioning(field=...) must name a field, got {field!r}")
         for label, value in (("ahead", ahead), ("retain", retain)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"MonthlyPartitioning({label}=...) must be an int >= 1, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"MonthlyPartitioning({label}=...) must be an int >= 1, got {value!r}"
+                )
         if mode is not None and mode not in MODES:
             raise ValueError(f"MonthlyPartitioning(mode=...) must be one of {MODES}, got {mode!r}")
         self.field = field

@@ -23,9 +23,13 @@ from django.db import OperationalError, connections, models, transaction
 
 from data_arch.conf import PartitionSettings, partition_settings
 from data_arch.partitioning import catalog, sql
-from data_arch.partitioning.declaration import MonthlyPartitioning, partitioned_models, partitioning_of
+from data_arch.partitioning.declaration import (
+    MonthlyPartitioning,
+    partitioned_models,
+    partitioning_of,
+)
 
-__all__ = ["Action", "Plan", "PartitionError", "TablePlan", "apply", "plan", "status"]
+__all__ = ["Action", "PartitionError", "Plan", "TablePlan", "apply", "plan", "status"]
 
 logger = logging.getLogger("data_arch.partitioning")
 
@@ -72,9 +76,14 @@ class Action:
     statements: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "partition": self.partition, "start": self.start.isoformat(),
-                "end": self.end.isoformat(), "default_rows": self.default_rows,
-                "sql": list(self.statements)}
+        return {
+            "kind": self.kind,
+            "partition": self.partition,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "default_rows": self.default_rows,
+            "sql": list(self.statements),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +99,17 @@ class TablePlan:
     problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "schema": self.schema, "table": self.table,
-                "column": self.column, "ahead": self.ahead, "retain": self.retain, "mode": self.mode,
-                "actions": [a.to_dict() for a in self.actions], "problems": list(self.problems)}
+        return {
+            "model": self.model,
+            "schema": self.schema,
+            "table": self.table,
+            "column": self.column,
+            "ahead": self.ahead,
+            "retain": self.retain,
+            "mode": self.mode,
+            "actions": [a.to_dict() for a in self.actions],
+            "problems": list(self.problems),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +123,12 @@ class Plan:
         return any(t.actions for t in self.tables)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"database": self.database, "now": self.now.isoformat(), "pending": self.pending,
-                "tables": [t.to_dict() for t in self.tables]}
+        return {
+            "database": self.database,
+            "now": self.now.isoformat(),
+            "pending": self.pending,
+            "tables": [t.to_dict() for t in self.tables],
+        }
 
     def sql(self) -> str:
         lines = []
@@ -122,9 +143,15 @@ class Plan:
         for table in self.tables:
             lines.append(f"{table.model} ({table.schema}.{table.table})")
             for action in table.actions:
-                extra = f", moving {action.default_rows} row(s) from default" if action.default_rows else ""
-                lines.append(f"  {action.kind:<8} {action.partition}  "
-                             f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}")
+                extra = (
+                    f", moving {action.default_rows} row(s) from default"
+                    if action.default_rows
+                    else ""
+                )
+                lines.append(
+                    f"  {action.kind:<8} {action.partition}  "
+                    f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
+                )
             if not table.actions:
                 lines.append("  nothing to do")
             lines.extend(f"  ! {problem}" for problem in table.problems)
@@ -148,12 +175,21 @@ def resolve_models(labels: list[str] | None) -> list[type[models.Model]]:
     return found
 
 
-def _options(model: type[models.Model], settings: PartitionSettings,
-             ahead: int | None, retain: int | None) -> tuple[int, int | None, str]:
+def _options(
+    model: type[models.Model], settings: PartitionSettings, ahead: int | None, retain: int | None
+) -> tuple[int, int | None, str]:
     declared = partitioning_of(model)
     assert declared is not None
-    final_ahead = ahead if ahead is not None else (declared.ahead if declared.ahead is not None else settings.ahead)
-    final_retain = retain if retain is not None else (declared.retain if declared.retain is not None else settings.retain)
+    final_ahead = (
+        ahead
+        if ahead is not None
+        else (declared.ahead if declared.ahead is not None else settings.ahead)
+    )
+    final_retain = (
+        retain
+        if retain is not None
+        else (declared.retain if declared.retain is not None else settings.retain)
+    )
     mode = declared.mode or settings.retention_mode
     return final_ahead, final_retain, mode
 
@@ -161,7 +197,9 @@ def _options(model: type[models.Model], settings: PartitionSettings,
 def validate_months(ahead: int | None, retain: int | None) -> None:
     if ahead is not None and (isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1):
         raise PartitionError(f"--ahead must be >= 1, got {ahead}")
-    if retain is not None and (isinstance(retain, bool) or not isinstance(retain, int) or retain < 1):
+    if retain is not None and (
+        isinstance(retain, bool) or not isinstance(retain, int) or retain < 1
+    ):
         raise PartitionError(f"--retain must be >= 1, got {retain}")
     if ahead is not None and retain is not None and retain < ahead:
         raise PartitionError(
@@ -170,8 +208,15 @@ def validate_months(ahead: int | None, retain: int | None) -> None:
         )
 
 
-def _table_plan(model: type[models.Model], using: str, schema: str, now: dt.datetime,
-                settings: PartitionSettings, ahead: int | None, retain: int | None) -> TablePlan | None:
+def _table_plan(
+    model: type[models.Model],
+    using: str,
+    schema: str,
+    now: dt.datetime,
+    settings: PartitionSettings,
+    ahead: int | None,
+    retain: int | None,
+) -> TablePlan | None:
     declared = partitioning_of(model)
     assert isinstance(declared, MonthlyPartitioning)
     table = model._meta.db_table
@@ -181,21 +226,39 @@ def _table_plan(model: type[models.Model], using: str, schema: str, now: dt.date
         return None
     the_ahead, the_retain, mode = _options(model, settings, ahead, retain)
     if not state.partitioned:
-        return TablePlan(model._meta.label, schema, table, column, the_ahead, the_retain, mode, (),
-                         (f"{schema}.{table} exists but is not partitioned",))
+        return TablePlan(
+            model._meta.label,
+            schema,
+            table,
+            column,
+            the_ahead,
+            the_retain,
+            mode,
+            (),
+            (f"{schema}.{table} exists but is not partitioned",),
+        )
     problems = list(state.gaps_and_overlaps())
     ranged = state.ranged
     cutoff = subtract_months(now, the_retain) if the_retain else None
 
     def covered(start: dt.datetime, end: dt.datetime) -> bool:
-        return any((p.start is None or p.start <= start) and (p.end is None or p.end >= end) for p in ranged)
+        return any(
+            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
+            for p in ranged
+        )
 
     def overlapping(start: dt.datetime, end: dt.datetime) -> bool:
-        return any((p.start is None or p.start < end) and (p.end is None or p.end > start) for p in ranged)
+        return any(
+            (p.start is None or p.start < end) and (p.end is None or p.end > start) for p in ranged
+        )
 
     current = month_start(now)
     months = {add_months(current, i) for i in range(the_ahead + 1)}
-    in_default = catalog.default_row_months(using, schema, state.default.name, column) if state.default else {}
+    in_default = (
+        catalog.default_row_months(using, schema, state.default.name, column)
+        if state.default
+        else {}
+    )
     horizon = add_months(current, the_ahead + 1)
     for month in in_default:
         if month < horizon and (cutoff is None or add_months(month, 1) > cutoff):
@@ -207,7 +270,9 @@ def _table_plan(model: type[models.Model], using: str, schema: str, now: dt.date
             continue
         name = sql.partition_name(table, start)
         if overlapping(start, end):
-            problems.append(f"cannot create {name}: an existing partition overlaps [{start:%Y-%m-%d}, {end:%Y-%m-%d})")
+            problems.append(
+                f"cannot create {name}: an existing partition overlaps [{start:%Y-%m-%d}, {end:%Y-%m-%d})"
+            )
             continue
         statements = [*sql.create_standalone(schema, table, name, column, start, end)]
         if state.default:
@@ -216,33 +281,58 @@ def _table_plan(model: type[models.Model], using: str, schema: str, now: dt.date
         else:
             statements.append(sql.attach(schema, table, name, start, end))
         statements.append(sql.drop_bounds_check(schema, name))
-        actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(statements)))
+        actions.append(
+            Action("create", name, start, end, in_default.get(start, 0), tuple(statements))
+        )
     if cutoff is not None:
         for partition in ranged:
             if partition.end is None or partition.start is None or partition.end > cutoff:
                 continue  # retention by END: only a partition entirely older than the cutoff goes
-            actions.append(Action(mode, partition.name, partition.start, partition.end, 0,
-                                  tuple(_retention_sql(mode, schema, table, partition.name,
-                                                       state.default is None, settings))))
+            actions.append(
+                Action(
+                    mode,
+                    partition.name,
+                    partition.start,
+                    partition.end,
+                    0,
+                    tuple(
+                        _retention_sql(
+                            mode, schema, table, partition.name, state.default is None, settings
+                        )
+                    ),
+                )
+            )
     for month, count in sorted(in_default.items()):
         if month >= horizon or (cutoff is not None and add_months(month, 1) <= cutoff):
-            problems.append(f"{count} row(s) of {month:%Y-%m} sit in the default partition outside "
-                            "the months kept (check the data or widen --ahead/--retain)")
+            problems.append(
+                f"{count} row(s) of {month:%Y-%m} sit in the default partition outside "
+                "the months kept (check the data or widen --ahead/--retain)"
+            )
     for index, missing in state.index_drift.items():
         problems.append(f"index drift: {index} missing on {', '.join(sorted(missing))}")
-    return TablePlan(model._meta.label, schema, table, column, the_ahead, the_retain, mode,
-                     tuple(actions), tuple(problems))
+    return TablePlan(
+        model._meta.label,
+        schema,
+        table,
+        column,
+        the_ahead,
+        the_retain,
+        mode,
+        tuple(actions),
+        tuple(problems),
+    )
 
 
 def archive_schema_for(schema: str, settings: PartitionSettings) -> str:
     """Each source schema archives into its own schema, so tenants' partitions never collide."""
     if schema == "public":
         return settings.archive_schema
-    return sql._fit(schema, f"_{settings.archive_schema}")
+    return sql.fit_name(schema, f"_{settings.archive_schema}")
 
 
-def _retention_sql(mode: str, schema: str, table: str, name: str, no_default: bool,
-                   settings: PartitionSettings) -> list[str]:
+def _retention_sql(
+    mode: str, schema: str, table: str, name: str, no_default: bool, settings: PartitionSettings
+) -> list[str]:
     concurrently = settings.detach_concurrently and no_default
     statements = [sql.detach(schema, table, name, concurrently)]
     if mode == "drop":
@@ -253,8 +343,14 @@ def _retention_sql(mode: str, schema: str, table: str, name: str, no_default: bo
     return statements
 
 
-def plan(*, models_: list[str] | None = None, using: str = "default", ahead: int | None = None,
-         retain: int | None = None, now: dt.datetime | None = None) -> Plan:
+def plan(
+    *,
+    models_: list[str] | None = None,
+    using: str = "default",
+    ahead: int | None = None,
+    retain: int | None = None,
+    now: dt.datetime | None = None,
+) -> Plan:
     """What ``apply`` would do now in the connection's current schema (tenant or public)."""
     validate_months(ahead, retain)
     settings = partition_settings()
@@ -291,13 +387,20 @@ class ApplyResult:
 
 def _is_lock_timeout(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc
-    return getattr(getattr(cause, "diag", None), "sqlstate", None) == "55P03" or \
-        getattr(cause, "sqlstate", None) == "55P03"
+    return (
+        getattr(getattr(cause, "diag", None), "sqlstate", None) == "55P03"
+        or getattr(cause, "sqlstate", None) == "55P03"
+    )
 
 
 class _Runner:
-    def __init__(self, using: str, settings: PartitionSettings, result: ApplyResult,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        using: str,
+        settings: PartitionSettings,
+        result: ApplyResult,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.using = using
         self.settings = settings
         self.result = result
@@ -310,14 +413,18 @@ class _Runner:
             try:
                 if atomic:
                     with transaction.atomic(using=self.using), connection.cursor() as cursor:
-                        cursor.execute("SELECT set_config('lock_timeout', %s, true)",
-                                       [f"{self.settings.lock_timeout_ms}ms"])
+                        cursor.execute(
+                            "SELECT set_config('lock_timeout', %s, true)",
+                            [f"{self.settings.lock_timeout_ms}ms"],
+                        )
                         for statement in statements:
                             cursor.execute(statement)
                 else:
                     with connection.cursor() as cursor:
-                        cursor.execute("SELECT set_config('lock_timeout', %s, false)",
-                                       [f"{self.settings.lock_timeout_ms}ms"])
+                        cursor.execute(
+                            "SELECT set_config('lock_timeout', %s, false)",
+                            [f"{self.settings.lock_timeout_ms}ms"],
+                        )
                         try:
                             for statement in statements:
                                 cursor.execute(statement)
@@ -338,7 +445,9 @@ def advisory_lock(using: str) -> Iterator[None]:
     """Session-level lock: a second run waits here until the first finishes."""
     connection = connections[using]
     if connection.in_atomic_block:
-        raise PartitionError("apply() commits once per partition; call it outside transaction.atomic()")
+        raise PartitionError(
+            "apply() commits once per partition; call it outside transaction.atomic()"
+        )
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(ADVISORY_LOCK))
     try:
@@ -367,7 +476,9 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
     return result
 
 
-def _apply_action(runner: _Runner, table: TablePlan, action: Action, settings: PartitionSettings) -> bool:
+def _apply_action(
+    runner: _Runner, table: TablePlan, action: Action, settings: PartitionSettings
+) -> bool:
     using, schema = runner.using, table.schema
     state = catalog.read_table(using, schema, table.table, table.column)
     if state is None:
@@ -377,15 +488,30 @@ def _apply_action(runner: _Runner, table: TablePlan, action: Action, settings: P
         if any(p.start == action.start and p.end == action.end for p in state.ranged):
             return False  # done by an earlier or concurrent run
         if catalog.table_oid(using, schema, action.partition) is None:
-            runner.step(list(sql.create_standalone(schema, table.table, action.partition,
-                                                   table.column, action.start, action.end)))
+            runner.step(
+                list(
+                    sql.create_standalone(
+                        schema,
+                        table.table,
+                        action.partition,
+                        table.column,
+                        action.start,
+                        action.end,
+                    )
+                )
+            )
         if state.default is None:
-            runner.step([sql.attach(schema, table.table, action.partition, action.start, action.end),
-                         sql.drop_bounds_check(schema, action.partition)])
+            runner.step(
+                [
+                    sql.attach(schema, table.table, action.partition, action.start, action.end),
+                    sql.drop_bounds_check(schema, action.partition),
+                ]
+            )
             return True
         default = state.default.name
-        add_excl, validate_excl, drop_excl = sql.exclusion(schema, default, table.column,
-                                                            action.start, action.end)
+        add_excl, validate_excl, drop_excl = sql.exclusion(
+            schema, default, table.column, action.start, action.end
+        )
         _drain(runner, table, action, default)
         # From here on no new row of this month can enter the default; move any that slipped in
         # during the drain, prove the default clean, and attach without scanning it.
@@ -393,15 +519,20 @@ def _apply_action(runner: _Runner, table: TablePlan, action: Action, settings: P
         try:
             _drain(runner, table, action, default)
             runner.step([validate_excl])
-            runner.step([sql.attach(schema, table.table, action.partition, action.start, action.end)])
+            runner.step(
+                [sql.attach(schema, table.table, action.partition, action.start, action.end)]
+            )
         finally:
             runner.step([drop_excl])
         runner.step([sql.drop_bounds_check(schema, action.partition)])
         return True
     if action.partition not in attached:
         return False
-    statements = list(_retention_sql(action.kind, schema, table.table, action.partition,
-                                     state.default is None, settings))
+    statements = list(
+        _retention_sql(
+            action.kind, schema, table.table, action.partition, state.default is None, settings
+        )
+    )
     if settings.detach_concurrently and state.default is None:
         runner.step(statements[:1], atomic=False)  # DETACH CONCURRENTLY refuses a transaction
         statements = statements[1:]
@@ -412,8 +543,16 @@ def _apply_action(runner: _Runner, table: TablePlan, action: Action, settings: P
 def _drain(runner: _Runner, table: TablePlan, action: Action, default: str) -> int:
     """Move rows of the action's month from the default into the new table, one commit per batch."""
     columns = catalog.columns(runner.using, table.schema, table.table)
-    statement = sql.drain_batch(table.schema, default, action.partition, table.column, columns,
-                                action.start, action.end, runner.settings.drain_batch_size)
+    statement = sql.drain_batch(
+        table.schema,
+        default,
+        action.partition,
+        table.column,
+        columns,
+        action.start,
+        action.end,
+        runner.settings.drain_batch_size,
+    )
     moved_total = 0
     while True:
         with transaction.atomic(using=runner.using), connections[runner.using].cursor() as cursor:
@@ -421,15 +560,16 @@ def _drain(runner: _Runner, table: TablePlan, action: Action, default: str) -> i
             moved = cursor.rowcount
         moved_total += moved
         runner.result.rows_moved += moved
-        if moved < runner.settings.drain_batch_size:
+        if moved == 0:  # SKIP LOCKED may return short batches before the end
             return moved_total
 
 
 # --------------------------------------------------------------------------- status
 
 
-def status(*, models_: list[str] | None = None, using: str = "default",
-           now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def status(
+    *, models_: list[str] | None = None, using: str = "default", now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     """Every partitioned table in the current schema: partitions, coverage, default rows, drift."""
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     schema = catalog.current_schema(using)
@@ -438,30 +578,51 @@ def status(*, models_: list[str] | None = None, using: str = "default",
         declared = partitioning_of(model)
         assert declared is not None
         column = model._meta.get_field(declared.field).column
-        state = catalog.read_table(using, schema, model._meta.db_table, column,
-                                   [index.name for index in model._meta.indexes])
+        state = catalog.read_table(
+            using,
+            schema,
+            model._meta.db_table,
+            column,
+            [index.name for index in model._meta.indexes],
+        )
         if state is None:
             continue
         current = month_start(now)
 
-        def covered(start: dt.datetime) -> bool:
+        ranged = state.ranged
+
+        def covered(start: dt.datetime, ranged: list[catalog.Partition] = ranged) -> bool:
             end = add_months(start, 1)
-            return any((p.start is None or p.start <= start) and (p.end is None or p.end >= end)
-                       for p in state.ranged)
+            return any(
+                (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
+                for p in ranged
+            )
 
         months_ahead = -1
         while covered(add_months(current, months_ahead + 1)):
             months_ahead += 1
-        report.append({
-            "model": model._meta.label, "schema": schema, "table": state.table,
-            "partitions": [{"name": p.name, "start": p.start.isoformat() if p.start else None,
-                            "end": p.end.isoformat() if p.end else None, "default": p.is_default,
-                            "size_bytes": p.size_bytes, "estimated_rows": p.estimated_rows}
-                           for p in (*state.ranged, *([state.default] if state.default else []))],
-            "months_ahead": max(months_ahead, 0), "covers_current": months_ahead >= 0,
-            "default_rows": state.default_rows,
-            "problems": state.gaps_and_overlaps(),
-            "index_drift": state.index_drift,
-            "missing_indexes": state.missing_indexes,
-        })
+        report.append(
+            {
+                "model": model._meta.label,
+                "schema": schema,
+                "table": state.table,
+                "partitions": [
+                    {
+                        "name": p.name,
+                        "start": p.start.isoformat() if p.start else None,
+                        "end": p.end.isoformat() if p.end else None,
+                        "default": p.is_default,
+                        "size_bytes": p.size_bytes,
+                        "estimated_rows": p.estimated_rows,
+                    }
+                    for p in (*state.ranged, *([state.default] if state.default else []))
+                ],
+                "months_ahead": max(months_ahead, 0),
+                "covers_current": months_ahead >= 0,
+                "default_rows": state.default_rows,
+                "problems": state.gaps_and_overlaps(),
+                "index_drift": state.index_drift,
+                "missing_indexes": state.missing_indexes,
+            }
+        )
     return report

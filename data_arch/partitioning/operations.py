@@ -23,7 +23,9 @@ class AddIndexConcurrently(AddIndex):
 
     atomic = False
 
-    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
         model = to_state.apps.get_model(app_label, self.model_name)
         if not self.allow_migrate_model(schema_editor.connection.alias, model):
             return
@@ -34,7 +36,8 @@ class AddIndexConcurrently(AddIndex):
         # "CREATE INDEX "name" ON "table" (...)": make it ON ONLY for the parent.
         on = f" ON {schema_editor.quote_name(table)} "
         parent_sql = index_sql.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1).replace(
-            on, f" ON ONLY {schema_editor.quote_name(table)} ", 1)
+            on, f" ON ONLY {schema_editor.quote_name(table)} ", 1
+        )
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(parent_sql)
             cursor.execute(
@@ -45,22 +48,30 @@ class AddIndexConcurrently(AddIndex):
             )
             partitions = cursor.fetchall()
             for name, schema in partitions:
-                child = sql._fit(name, "_" + self.index.name[-20:])
-                cursor.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                               "JOIN pg_index x ON x.indexrelid = c.oid WHERE n.nspname = %s AND c.relname = %s "
-                               "AND NOT x.indisvalid", [schema, child])
+                child = sql.fit_name(name, "_" + self.index.name[-20:])
+                cursor.execute(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "JOIN pg_index x ON x.indexrelid = c.oid WHERE n.nspname = %s AND c.relname = %s "
+                    "AND NOT x.indisvalid",
+                    [schema, child],
+                )
                 if cursor.fetchone():  # an interrupted CONCURRENTLY build leaves an invalid index
                     cursor.execute(f"DROP INDEX CONCURRENTLY {sql.qualified(schema, child)}")
                 child_sql = index_sql.replace(
                     f"CREATE INDEX {schema_editor.quote_name(self.index.name)} ON {schema_editor.quote_name(table)} ",
-                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {sql.quote(child)} ON {sql.qualified(schema, name)} ", 1)
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {sql.quote(child)} ON {sql.qualified(schema, name)} ",
+                    1,
+                )
                 cursor.execute(child_sql)
                 cursor.execute(
-                    "SELECT 1 FROM pg_inherits WHERE inhrelid = %s::regclass", [sql.qualified(schema, child)]
+                    "SELECT 1 FROM pg_inherits WHERE inhrelid = %s::regclass",
+                    [sql.qualified(schema, child)],
                 )
                 if not cursor.fetchone():
-                    cursor.execute(f"ALTER INDEX {schema_editor.quote_name(self.index.name)} "
-                                   f"ATTACH PARTITION {sql.qualified(schema, child)}")
+                    cursor.execute(
+                        f"ALTER INDEX {schema_editor.quote_name(self.index.name)} "
+                        f"ATTACH PARTITION {sql.qualified(schema, child)}"
+                    )
 
     def describe(self) -> str:
         return f"Create index {self.index.name} concurrently on partitioned {self.model_name}"

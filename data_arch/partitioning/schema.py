@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql.schema import DatabaseSchemaEditor as PostgresSchemaEditor
 
 from data_arch.partitioning import sql
@@ -56,7 +57,7 @@ def install() -> None:
     for config in settings.DATABASES.values():
         try:
             backend = load_backend(config["ENGINE"])
-        except Exception:  # an unloadable backend is reported by Django itself
+        except ImproperlyConfigured:  # Django reports an unloadable backend itself
             continue
         wrapper: Any = backend.DatabaseWrapper
         editor = wrapper.SchemaEditorClass

@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-
-__all__ = ["default_name", "partition_name", "qualified", "quote"]
+__all__ = ["default_name", "fit_name", "partition_name", "qualified", "quote"]
 
 MAX_IDENTIFIER = 63
 
@@ -19,7 +18,7 @@ def qualified(schema: str, name: str) -> str:
     return f"{quote(schema)}.{quote(name)}"
 
 
-def _fit(base: str, suffix: str) -> str:
+def fit_name(base: str, suffix: str) -> str:
     """``base + suffix`` within 63 bytes; a long base is cut and given a stable hash."""
     name = base + suffix
     if len(name.encode()) <= MAX_IDENTIFIER:
@@ -32,15 +31,15 @@ def _fit(base: str, suffix: str) -> str:
 
 def partition_name(table: str, start: dt.datetime) -> str:
     """Stable name of the partition holding the month starting at ``start``: ``table_p2026_01``."""
-    return _fit(table, f"_p{start:%Y_%m}")
+    return fit_name(table, f"_p{start:%Y_%m}")
 
 
 def default_name(table: str) -> str:
-    return _fit(table, "_default")
+    return fit_name(table, "_default")
 
 
 def constraint_name(table: str, suffix: str) -> str:
-    return _fit(table, suffix)
+    return fit_name(table, suffix)
 
 
 def literal(moment: dt.datetime) -> str:
@@ -52,18 +51,23 @@ def create_default(table: str) -> str:
     return f"CREATE TABLE {quote(default_name(table))} PARTITION OF {quote(table)} DEFAULT"
 
 
-def create_standalone(schema: str, parent: str, name: str, column: str,
-                      start: dt.datetime, end: dt.datetime) -> list[str]:
+def create_standalone(
+    schema: str, parent: str, name: str, column: str, start: dt.datetime, end: dt.datetime
+) -> list[str]:
     # LIKE copies columns, defaults, constraints and indexes; ATTACH then adopts matching
     # indexes instead of building new ones. The CHECK lets ATTACH skip scanning the table.
     check = constraint_name(name, "_bounds")
     return [
-        f"CREATE TABLE {qualified(schema, name)} (LIKE {qualified(schema, parent)} "
-        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS "
-        "INCLUDING INDEXES INCLUDING STATISTICS)",
-        f"ALTER TABLE {qualified(schema, name)} ADD CONSTRAINT {quote(check)} CHECK "
-        f"({quote(column)} IS NOT NULL AND {quote(column)} >= {literal(start)} "
-        f"AND {quote(column)} < {literal(end)})",
+        (
+            f"CREATE TABLE {qualified(schema, name)} (LIKE {qualified(schema, parent)} "
+            "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS "
+            "INCLUDING INDEXES INCLUDING STATISTICS)"
+        ),
+        (
+            f"ALTER TABLE {qualified(schema, name)} ADD CONSTRAINT {quote(check)} CHECK "
+            f"({quote(column)} IS NOT NULL AND {quote(column)} >= {literal(start)} "
+            f"AND {quote(column)} < {literal(end)})"
+        ),
     ]
 
 
@@ -81,7 +85,9 @@ def drop_bounds_check(schema: str, name: str) -> str:
     )
 
 
-def exclusion(schema: str, default: str, column: str, start: dt.datetime, end: dt.datetime) -> tuple[str, str, str]:
+def exclusion(
+    schema: str, default: str, column: str, start: dt.datetime, end: dt.datetime
+) -> tuple[str, str, str]:
     """Add (NOT VALID), validate and drop the default partition's CHECK excluding [start, end).
 
     Validated, it proves to ATTACH that the default holds no row of the new range, so ATTACH
@@ -90,15 +96,25 @@ def exclusion(schema: str, default: str, column: str, start: dt.datetime, end: d
     name = quote(constraint_name(default, "_excl"))
     table = qualified(schema, default)
     return (
-        f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK (NOT ({quote(column)} IS NOT NULL AND "
-        f"{quote(column)} >= {literal(start)} AND {quote(column)} < {literal(end)})) NOT VALID",
+        (
+            f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK (NOT ({quote(column)} IS NOT NULL AND "
+            f"{quote(column)} >= {literal(start)} AND {quote(column)} < {literal(end)})) NOT VALID"
+        ),
         f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}",
         f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}",
     )
 
 
-def drain_batch(schema: str, default: str, target: str, column: str, columns: list[str],
-                start: dt.datetime, end: dt.datetime, batch: int) -> str:
+def drain_batch(
+    schema: str,
+    default: str,
+    target: str,
+    column: str,
+    columns: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    batch: int,
+) -> str:
     """Move up to ``batch`` rows of [start, end) from the default into ``target``, atomically."""
     cols = ", ".join(quote(c) for c in columns)
     return (
@@ -111,7 +127,9 @@ def drain_batch(schema: str, default: str, target: str, column: str, columns: li
 
 def detach(schema: str, parent: str, name: str, concurrently: bool) -> str:
     how = " CONCURRENTLY" if concurrently else ""
-    return f"ALTER TABLE {qualified(schema, parent)} DETACH PARTITION {qualified(schema, name)}{how}"
+    return (
+        f"ALTER TABLE {qualified(schema, parent)} DETACH PARTITION {qualified(schema, name)}{how}"
+    )
 
 
 def drop(schema: str, name: str) -> str:
@@ -124,5 +142,3 @@ def create_schema(schema: str) -> str:
 
 def set_schema(schema: str, name: str, target_schema: str) -> str:
     return f"ALTER TABLE {qualified(schema, name)} SET SCHEMA {quote(target_schema)}"
-
-

@@ -8,7 +8,9 @@ from data_arch.partitioning import MonthlyPartitioning
 
 class AuditEntry(models.Model):
     at = models.DateTimeField()
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     tenant_schema = models.CharField(max_length=63, blank=True)
     action = models.CharField(max_length=64)
     detail = models.JSONField(default=dict, blank=True)

@@ -35,7 +35,19 @@ def reset_events(schema: str) -> None:
 
 
 @pytest.fixture
-def events(tenant_schemas, transactional_db):
+def committed_db(django_db_setup, django_db_blocker):
+    """Database access without a wrapping transaction and without a flush afterwards.
+
+    Maintenance commits once per partition, so it cannot run inside the test transaction; and a
+    flush would delete the session's tenants (public rows) that later test modules rely on.
+    Each fixture below cleans up exactly what its tests create.
+    """
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture
+def events(tenant_schemas, committed_db):
     """tenant_a's events table, emptied; the tenants' rows exist in public."""
     for schema in tenant_schemas:
         Client.objects.get_or_create(schema_name=schema, defaults={"name": schema})

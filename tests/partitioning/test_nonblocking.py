@@ -72,7 +72,9 @@ def test_insert_stream_is_not_blocked_while_apply_waits_for_a_reader(events):
     watcher = threading.Thread(target=monitor)
     watcher.start()
     try:
-        with override_settings(DATA_ARCH={"PARTITIONS": {"LOCK_TIMEOUT_MS": 100, "LOCK_RETRIES": 30}}):
+        with override_settings(
+            DATA_ARCH={"PARTITIONS": {"LOCK_TIMEOUT_MS": 100, "LOCK_RETRIES": 30}}
+        ):
             result = apply(plan(models_=["events.Event"], ahead=3))
     finally:
         stop.set()
@@ -90,10 +92,13 @@ def test_declared_indexes_exist_on_new_partitions_and_drift_is_reported(events):
     apply(plan(models_=["events.Event"], ahead=1))
     assert status()[0]["index_drift"] == {}
     with connection.cursor() as cursor:
-        cursor.execute(f"CREATE INDEX event_kind_only ON ONLY {sql.qualified(events, TABLE)} (kind)")
+        cursor.execute(
+            f"CREATE INDEX event_kind_only ON ONLY {sql.qualified(events, TABLE)} (kind)"
+        )
     drift = status()[0]["index_drift"]
     assert sorted(drift["event_kind_only"]) == sorted(
-        name for name in [p["name"] for p in status()[0]["partitions"]])
+        name for name in [p["name"] for p in status()[0]["partitions"]]
+    )
     with connection.cursor() as cursor:
         cursor.execute("DROP INDEX event_kind_only")
 
@@ -107,8 +112,10 @@ def test_add_index_concurrently_builds_per_partition_and_validates_the_parent(ev
             operation.database_forwards("events", editor, state, state)
             operation.database_forwards("events", editor, state, state)  # rerun is harmless
         with connection.cursor() as cursor:
-            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
-                           [sql.qualified(events, "event_kind_cc")])
+            cursor.execute(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+                [sql.qualified(events, "event_kind_cc")],
+            )
             assert cursor.fetchone()[0] is True
         assert status()[0]["index_drift"] == {}
         # A partition created later gets the index too (ATTACH adopts or builds it).
@@ -122,8 +129,13 @@ def test_add_index_concurrently_builds_per_partition_and_validates_the_parent(ev
 def test_checks_warn_about_missing_months_and_rows_in_default(events):
     def ids():
         with schema_context("public"):
-            return sorted({w.id for w in check_partition_health(databases=["default"])
-                           if "tenant_a." in w.msg})
+            return sorted(
+                {
+                    w.id
+                    for w in check_partition_health(databases=["default"])
+                    if "tenant_a." in w.msg
+                }
+            )
 
     assert ids() == ["data_arch.W200"]
     apply(plan(models_=["events.Event"]))

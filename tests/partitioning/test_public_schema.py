@@ -11,15 +11,17 @@ from example_project.audit.models import AuditEntry
 
 
 @pytest.fixture
-def audit(transactional_db):
+def audit(committed_db):
     def reset():
         with schema_context("public"), connection.cursor() as cursor:
             cursor.execute(
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' AND c.relname LIKE 'audit_auditentry_p%%' AND c.relkind = 'r'")
+                "WHERE n.nspname = 'public' AND c.relname LIKE 'audit_auditentry_p%%' AND c.relkind = 'r'"
+            )
             for (name,) in cursor.fetchall():
                 cursor.execute(f"DROP TABLE {sql.qualified('public', name)}")
             cursor.execute("DROP SCHEMA IF EXISTS archive CASCADE")
+            cursor.execute("TRUNCATE audit_auditentry")
 
     reset()
     with schema_context("public"):
@@ -36,10 +38,22 @@ def test_shared_model_partitions_live_in_public_and_archive_to_the_archive_schem
     assert kinds == {"create", "archive"}
     apply(the_plan)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                       "WHERE n.nspname = 'archive' AND c.relkind = 'r' ORDER BY 1")
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'archive' AND c.relkind = 'r' ORDER BY 1"
+        )
         assert [row[0] for row in cursor.fetchall()] == ["audit_auditentry_p2025_05"]
     assert status(models_=["audit.AuditEntry"], now=now)[0]["months_ahead"] == 2
+
+
+@pytest.fixture
+def admin_client(audit, client):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("partition-admin", "a@example.com", "x")
+    client.force_login(user)
+    yield client
+    user.delete()
 
 
 def test_admin_and_orm_work_on_a_partitioned_model(audit, admin_client):

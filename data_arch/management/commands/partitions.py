@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -20,9 +19,13 @@ class Command(TenantCommand):
         super().add_arguments(parser)
         parser.add_argument("--model", action="append", metavar="app.Model", help="repeatable")
         parser.add_argument("--ahead", type=int, help="months to create ahead of the current one")
-        parser.add_argument("--retain", type=int, help="months to keep (retention by partition END)")
+        parser.add_argument(
+            "--retain", type=int, help="months to keep (retention by partition END)"
+        )
         parser.add_argument("--database", default="default")
-        parser.add_argument("--dry-run", action="store_true", help="apply: print the plan, change nothing")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="apply: print the plan, change nothing"
+        )
         parser.add_argument("--yes", action="store_true", help="apply: do not ask before retention")
         parser.add_argument("--format", choices=["table", "json", "sql"], default="table")
 
@@ -33,33 +36,59 @@ class Command(TenantCommand):
                 raise CommandError(f"--{label} must be >= 1, got {options[label]}")
         try:
             if action == "status":
-                reports = self.for_each_tenant(options, lambda t: status(models_=options["model"], using=using))
+                reports = self.for_each_tenant(
+                    options, lambda t: status(models_=options["model"], using=using)
+                )
                 self._print_status([r for group in reports for r in group], options["format"])
                 return
-            plans = self.for_each_tenant(options, lambda t: plan(
-                models_=options["model"], using=using, ahead=options["ahead"], retain=options["retain"]))
+            plans = self.for_each_tenant(
+                options,
+                lambda t: plan(
+                    models_=options["model"],
+                    using=using,
+                    ahead=options["ahead"],
+                    retain=options["retain"],
+                ),
+            )
             self._print_plans(plans, options["format"])
             pending = any(p.pending for p in plans)
             if action == "plan" or options["dry_run"] or not pending:
                 if action == "plan" and pending:
                     sys.exit(2)
                 return
-            destructive = any(a.kind != "create" for p in plans for t in p.tables for a in t.actions)
+            destructive = any(
+                a.kind != "create" for p in plans for t in p.tables for a in t.actions
+            )
             if destructive and not options["yes"] and not self._confirm():
                 raise CommandError("aborted; nothing changed (pass --yes to skip the question)")
-            results = self.for_each_tenant(options, lambda t: apply(plan(
-                models_=options["model"], using=using, ahead=options["ahead"], retain=options["retain"]),
-                on_progress=lambda label: self.stderr.write(label) if options["verbosity"] > 1 else None))
+            results = self.for_each_tenant(
+                options,
+                lambda t: apply(
+                    plan(
+                        models_=options["model"],
+                        using=using,
+                        ahead=options["ahead"],
+                        retain=options["retain"],
+                    ),
+                    on_progress=lambda label: (
+                        self.stderr.write(label) if options["verbosity"] > 1 else None
+                    ),
+                ),
+            )
         except PartitionError as exc:
             raise CommandError(str(exc)) from None
         done = sum(len(r.done) for r in results)
         moved = sum(r.rows_moved for r in results)
-        self.stdout.write(self.style.SUCCESS(f"applied {done} action(s), moved {moved} row(s) from default"))
+        self.stdout.write(
+            self.style.SUCCESS(f"applied {done} action(s), moved {moved} row(s) from default")
+        )
 
     def _confirm(self) -> bool:
         if not sys.stdin.isatty():
             return False
-        return input("Retention will detach/drop/archive partitions. Continue? [y/N] ").lower() == "y"
+        return (
+            input("Retention will detach/drop/archive partitions. Continue? [y/N] ").lower() == "y"
+        )
 
     def _print_plans(self, plans: list[Any], fmt: str) -> None:
         if fmt == "json":
@@ -75,16 +104,26 @@ class Command(TenantCommand):
             self.write_json(reports)
             return
         for r in reports:
-            self.stdout.write(self.style.MIGRATE_HEADING(f"{r['model']} ({r['schema']}.{r['table']})"))
+            self.stdout.write(
+                self.style.MIGRATE_HEADING(f"{r['model']} ({r['schema']}.{r['table']})")
+            )
             for p in r["partitions"]:
                 bounds = "DEFAULT" if p["default"] else f"[{p['start'][:10]}, {p['end'][:10]})"
-                self.stdout.write(f"  {p['name']:<40} {bounds:<26} {p['size_bytes']:>10} B  ~{p['estimated_rows']} rows")
-            self.stdout.write(f"  months ahead: {r['months_ahead']}   rows in default: {r['default_rows']}")
+                self.stdout.write(
+                    f"  {p['name']:<40} {bounds:<26} {p['size_bytes']:>10} B  ~{p['estimated_rows']} rows"
+                )
+            self.stdout.write(
+                f"  months ahead: {r['months_ahead']}   rows in default: {r['default_rows']}"
+            )
             for problem in r["problems"]:
                 self.stdout.write(self.style.WARNING(f"  ! {problem}"))
             for index, parts in r["index_drift"].items():
-                self.stdout.write(self.style.WARNING(f"  ! index {index} missing on {', '.join(parts)}"))
+                self.stdout.write(
+                    self.style.WARNING(f"  ! index {index} missing on {', '.join(parts)}")
+                )
             for index in r["missing_indexes"]:
-                self.stdout.write(self.style.WARNING(f"  ! declared index {index} missing on the parent"))
+                self.stdout.write(
+                    self.style.WARNING(f"  ! declared index {index} missing on the parent")
+                )
         if not reports:
             self.stdout.write("no partitioned tables in this schema")

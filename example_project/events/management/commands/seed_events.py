@@ -26,8 +26,11 @@ class Command(BaseCommand):
                     continue
                 rng = random.Random(schema)
                 Event.objects.bulk_create(
-                    Event(occurred_at=now - dt.timedelta(days=rng.uniform(0, 390)),
-                          kind=rng.choice(list(Event.Kind)), payload={"n": i})
+                    Event(
+                        occurred_at=now - dt.timedelta(days=rng.uniform(0, 390)),
+                        kind=rng.choice(list(Event.Kind)),
+                        payload={"n": i},
+                    )
                     for i in range(events)
                 )
                 # Rows of months without a partition landed in the default; apply moves them.
