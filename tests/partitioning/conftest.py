@@ -42,6 +42,12 @@ def committed_db(django_db_setup, django_db_blocker):
     flush would delete the session's tenants (public rows) that later test modules rely on.
     Each fixture below cleans up exactly what its tests create.
     """
+    from django.conf import settings
+
+    # pytest-django creates the test database only when some collected test asks for ``db``;
+    # test_apply_refuses_to_run_inside_a_transaction does, so run the module, not one test.
+    if not settings.DATABASES["default"]["NAME"].startswith("test_"):
+        pytest.fail("no test database: include a test that uses the `db` fixture in this run")
     with django_db_blocker.unblock():
         yield
 

@@ -290,3 +290,23 @@ def test_demo_seed_spreads_events_over_more_than_a_year_into_partitions(events):
     report = status()[0]
     assert report["default_rows"] == 0 and report["problems"] == []
     assert report["months_ahead"] == 3
+
+
+def test_removing_the_declaration_is_refused_with_an_explanation(events):
+    from django.db import NotSupportedError
+
+    declared = Event._meta.constraints[0]
+    with (
+        connection.schema_editor() as editor,
+        pytest.raises(NotSupportedError, match="cannot turn"),
+    ):
+        editor.remove_constraint(Event, declared)
+    assert len(partitions()) == 1
+
+
+def test_apply_refuses_to_run_inside_a_transaction(db):
+    """One commit per partition: apply() inside transaction.atomic() is a clear error."""
+    with pytest.raises(PartitionError, match="does not exist in schema 'public'"):
+        plan(models_=["events.Event"], now=NOW)  # a tenant app, asked for in the public schema
+    with pytest.raises(PartitionError, match="outside transaction.atomic"):
+        apply(plan(models_=["audit.AuditEntry"], now=NOW))
