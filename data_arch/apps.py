@@ -19,6 +19,10 @@ class DataArchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Teach each PostgreSQL backend's schema editor to create partitioned parents.
+        from data_arch.partitioning import schema
+
+        schema.install()
         # Registering checks only: configuration errors are reported by them, never raised here.
         for module in CHECK_MODULES:
             package = module.rsplit(".", 1)[0]

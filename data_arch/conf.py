@@ -232,6 +232,10 @@ class PartitionSettings:
     lock_retries: int = _field(10, positive_int)
     #: Rows moved per committed batch when draining the default partition.
     drain_batch_size: int = _field(5000, positive_int)
+    #: Retention detaches with ``DETACH PARTITION ... CONCURRENTLY`` (no ACCESS EXCLUSIVE on the
+    #: parent). PostgreSQL refuses it while the table has a default partition, so it applies only
+    #: to tables declared with ``default=False``; with a default, a plain DETACH under lock_timeout.
+    detach_concurrently: bool = _field(False, boolean)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,10 +53,12 @@ SHARED_APPS = [
     "django.contrib.admin",
     "django_prometheus",
     "data_arch",
+    "example_project.audit",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
     "example_project.shop",
+    "example_project.events",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 

@@ -3,6 +3,7 @@
 import random
 
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_tenants.utils import schema_context
@@ -38,6 +39,7 @@ class Command(BaseCommand):
             )
             self._seed(tenant, customers, orders)
             self.stdout.write(f"tenant {schema}: {'created' if created else 'present'}")
+        call_command("seed_events", *(schema for schema, _ in TENANTS))
         self.stdout.write(self.style.SUCCESS("demo data ready"))
 
     def _seed(self, tenant: Client, customers: int, orders: int) -> None:

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EventsConfig(AppConfig):
+    name = "example_project.events"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,312 @@
+import datetime as dt
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, connections
+from django.test import override_settings
+from django_tenants.utils import schema_context
+
+from data_arch.partitioning import PartitionError, apply, plan, sql, status
+from example_project.events.models import Event
+from tests.partitioning.conftest import NOW, TABLE, partitions
+
+
+def at(year: int, month: int, day: int = 1) -> dt.datetime:
+    return dt.datetime(year, month, day, tzinfo=dt.UTC)
+
+
+def test_migrate_created_a_partitioned_parent_with_default_and_composite_pk(events):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relkind FROM pg_class WHERE oid = %s::regclass", [sql.qualified(events, TABLE)]
+        )
+        assert cursor.fetchone()[0] == "p"
+        cursor.execute(
+            "SELECT array_agg(a.attname ORDER BY a.attname) FROM pg_index x JOIN pg_attribute a "
+            "ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass "
+            "AND x.indisprimary",
+            [sql.qualified(events, TABLE)],
+        )
+        assert cursor.fetchone()[0] == ["id", "occurred_at"]
+    assert partitions() == [("events_event_default", "DEFAULT")]
+
+
+def test_creates_months_ahead_from_empty_and_reruns_are_idempotent(events):
+    first = plan(models_=["events.Event"], now=NOW)
+    assert first.pending
+    assert [a.partition for t in first.tables for a in t.actions] == [
+        "events_event_p2026_06",
+        "events_event_p2026_07",
+        "events_event_p2026_08",
+        "events_event_p2026_09",
+    ]
+    result = apply(first)
+    assert len(result.done) == 4
+    assert partitions()[1] == (
+        "events_event_p2026_06",
+        "FOR VALUES FROM ('2026-06-01 00:00:00+00') TO ('2026-07-01 00:00:00+00')",
+    )
+    assert not plan(models_=["events.Event"], now=NOW).pending
+    again = apply(first)  # replaying the stale plan changes nothing
+    assert again.done == [] and len(again.skipped) == 4
+    [report] = status(now=NOW)
+    assert report["months_ahead"] == 3 and report["default_rows"] == 0 and report["problems"] == []
+    # Rows route to the partition of their month; declared indexes exist on every partition.
+    Event.objects.create(occurred_at=at(2026, 7, 3), kind="login")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, 'events_event_p2026_07')}")
+        assert cursor.fetchone()[0] == 1
+    assert report["index_drift"] == {} and report["missing_indexes"] == []
+
+
+def test_bounds_are_utc_months_whatever_the_session_time_zone(events):
+    with connection.cursor() as cursor:
+        cursor.execute("SET TimeZone = 'America/New_York'")
+    try:
+        apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+        report = status(now=NOW)[0]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET TimeZone")
+    assert [p["start"] for p in report["partitions"] if not p["default"]] == [
+        "2026-06-01T00:00:00+00:00",
+        "2026-07-01T00:00:00+00:00",
+    ]
+    assert (
+        partitions()[2][1]
+        == "FOR VALUES FROM ('2026-07-01 00:00:00+00') TO ('2026-08-01 00:00:00+00')"
+    )
+
+
+@pytest.mark.parametrize("mode", ["drop", "detach", "archive"])
+def test_retention_removes_a_partition_only_when_its_end_is_older_than_the_cutoff(events, mode):
+    # Partitions Jan..Sep 2026; retain 3 months at 15 June: cutoff 15 March.
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    Event.objects.create(occurred_at=at(2026, 3, 20), kind="login")
+    with override_settings(DATA_ARCH={"PARTITIONS": {"RETENTION_MODE": mode}}):
+        the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+        assert [(a.kind, a.partition) for t in the_plan.tables for a in t.actions] == [
+            (mode, "events_event_p2026_01"),
+            (mode, "events_event_p2026_02"),
+        ]
+        apply(the_plan)
+    names = [name for name, _ in partitions()]
+    assert "events_event_p2026_02" not in names
+    assert "events_event_p2026_03" in names  # ends 1 April, after the cutoff: March rows stay
+    assert Event.objects.filter(occurred_at=at(2026, 3, 20)).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = 'events_event_p2026_01'"
+        )
+        where = [row[0] for row in cursor.fetchall()]
+    assert where == {"drop": [], "detach": [events], "archive": [f"{events}_archive"]}[mode]
+
+
+def test_gaps_and_overlaps_are_reported(events):
+    apply(plan(models_=["events.Event"], ahead=2, now=NOW))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {sql.qualified(events, 'events_event_p2026_07')}")
+    report = status(now=NOW)[0]
+    assert report["problems"] == ["gap: no partition covers 2026-07-01 .. 2026-08-01"]
+    the_plan = plan(models_=["events.Event"], ahead=2, now=NOW)
+    assert "gap: no partition covers 2026-07-01 .. 2026-08-01" in the_plan.tables[0].problems
+    apply(the_plan)  # the missing month is inside the horizon: it is recreated
+    assert status(now=NOW)[0]["problems"] == []
+
+
+def test_catalog_overlap_is_reported_from_bounds_not_names():
+    from data_arch.partitioning.catalog import Partition, TableState
+
+    state = TableState(
+        "s",
+        "t",
+        True,
+        (Partition("t_a", at(2026, 1), at(2026, 3)), Partition("t_b", at(2026, 2), at(2026, 4))),
+        None,
+        0,
+        {},
+        [],
+    )
+    assert state.gaps_and_overlaps() == ["overlap: t_a and t_b"]
+
+
+def test_rows_in_default_are_moved_into_their_partition(events):
+    apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    Event.objects.bulk_create(
+        Event(occurred_at=at(2026, 9, 2), kind="login", payload={"i": i}) for i in range(23)
+    )
+    assert status(now=NOW)[0]["default_rows"] == 23
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 5}}):
+        the_plan = plan(models_=["events.Event"], ahead=3, now=NOW)
+        assert [
+            (a.partition, a.default_rows) for a in the_plan.tables[0].actions if a.default_rows
+        ] == [("events_event_p2026_09", 23)]
+        result = apply(the_plan)
+    assert result.rows_moved == 23
+    assert status(now=NOW)[0]["default_rows"] == 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, 'events_event_p2026_09')}")
+        assert cursor.fetchone()[0] == 23
+
+
+def test_an_interrupted_drain_loses_and_duplicates_nothing_on_rerun(events):
+    apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    Event.objects.bulk_create(
+        Event(occurred_at=at(2026, 9, 2), kind="login", payload={"i": i}) for i in range(23)
+    )
+    target = "events_event_p2026_09"
+    # A real fault in the third batch: the target table refuses inserts once it holds 10 rows.
+    with connection.cursor() as cursor:
+        for statement in sql.create_standalone(
+            events, TABLE, target, "occurred_at", at(2026, 9), at(2026, 10)
+        ):
+            cursor.execute(statement)
+        cursor.execute(
+            "CREATE FUNCTION public.fail_third_batch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF (SELECT count(*) FROM {sql.qualified(events, target)}) >= 10 THEN "
+            "RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER interrupt BEFORE INSERT ON {sql.qualified(events, target)} "
+            "FOR EACH ROW EXECUTE FUNCTION public.fail_third_batch()"
+        )
+    try:
+        with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 5}}):
+            with pytest.raises(DatabaseError, match="disk full"):
+                apply(plan(models_=["events.Event"], ahead=3, now=NOW))
+            assert status(now=NOW)[0]["default_rows"] == 13
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP TRIGGER interrupt ON {sql.qualified(events, target)}")
+            apply(plan(models_=["events.Event"], ahead=3, now=NOW))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS interrupt ON {sql.qualified(events, target)}")
+            cursor.execute("DROP FUNCTION IF EXISTS public.fail_third_batch()")
+    payloads = sorted(Event.objects.values_list("payload__i", flat=True))
+    assert payloads == list(range(23))
+    assert status(now=NOW)[0]["default_rows"] == 0
+
+
+def test_two_applies_at_once_do_not_clash(events):
+    errors, results = [], []
+    barrier = threading.Barrier(2)
+
+    def run():
+        try:
+            with schema_context(events):
+                the_plan = plan(models_=["events.Event"], ahead=6, now=NOW)
+                barrier.wait()
+                results.append(apply(the_plan))
+        except Exception as exc:  # noqa: BLE001 -- any failure in a thread is asserted below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(len(r.done) for r in results) == [0, 7]
+    assert len(partitions()) == 8
+    assert status(now=NOW)[0]["problems"] == []
+
+
+def test_command_all_tenants_and_plan_exit_codes(events, capsys):
+    with schema_context("public"):
+        with pytest.raises(SystemExit) as exit_info:
+            call_command("partitions", "plan", "--all-tenants", "--model", "events.Event")
+        assert exit_info.value.code == 2
+        call_command("partitions", "apply", "--all-tenants", "--yes")
+        call_command(
+            "partitions", "plan", "--all-tenants", "--format", "json"
+        )  # exits 0: no SystemExit
+        call_command("partitions", "status", "--tenant", "tenant_b")
+    out = capsys.readouterr().out
+    assert "events_event_default" in out and "months ahead: 3" in out
+    for schema in ("tenant_a", "tenant_b"):
+        assert len(partitions(schema)) == 5  # current month + 3 ahead + default
+
+
+def test_plan_sql_and_dry_run_change_nothing(events, capsys):
+    call_command("partitions", "apply", "--tenant", "tenant_a", "--dry-run", "--format", "sql")
+    out = capsys.readouterr().out
+    assert "ATTACH PARTITION" in out and "CREATE TABLE" in out
+    assert len(partitions()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "shop.Nope"], "unknown model 'shop.Nope'"),
+        (["--model", "shop.Order"], "shop.Order is not partitioned"),
+        (["--ahead", "0"], "--ahead must be >= 1, got 0"),
+        (["--ahead", "-3"], "--ahead must be >= 1, got -3"),
+        (["--ahead", "6", "--retain", "2"], "--retain 2 is shorter than --ahead 6"),
+        (["--tenant", "nobody"], "unknown tenant 'nobody'"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(events, argv, message):
+    with pytest.raises(CommandError, match=message.replace("(", r"\(")):
+        call_command(
+            "partitions", "apply", "--yes", "--tenant", "tenant_a", *argv
+        ) if "--tenant" not in argv else call_command("partitions", "apply", "--yes", *argv)
+    assert len(partitions()) == 1
+
+
+def test_plan_refuses_bad_months_directly():
+    with pytest.raises(PartitionError, match="--retain must be >= 1, got 0"):
+        plan(retain=0)
+
+
+def test_detach_concurrently_on_a_table_without_default(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {sql.qualified(events, 'events_event_default')}")
+    try:
+        settings = {"PARTITIONS": {"RETENTION_MODE": "detach", "DETACH_CONCURRENTLY": True}}
+        with override_settings(DATA_ARCH=settings):
+            the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+            assert any(
+                "DETACH PARTITION" in s and s.endswith("CONCURRENTLY")
+                for a in the_plan.tables[0].actions
+                for s in a.statements
+            )
+            apply(the_plan)
+        names = [name for name, _ in partitions()]
+        assert "events_event_p2026_01" not in names and "events_event_p2026_03" in names
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.create_default(TABLE))
+
+
+def test_demo_seed_spreads_events_over_more_than_a_year_into_partitions(events):
+    call_command("seed_events", "tenant_a", "--events", "300")
+    months = {(e.year, e.month) for e in Event.objects.values_list("occurred_at", flat=True)}
+    assert len(months) >= 13
+    report = status()[0]
+    assert report["default_rows"] == 0 and report["problems"] == []
+    assert report["months_ahead"] == 3
+
+
+def test_removing_the_declaration_is_refused_with_an_explanation(events):
+    from django.db import NotSupportedError
+
+    declared = Event._meta.constraints[0]
+    with (
+        connection.schema_editor() as editor,
+        pytest.raises(NotSupportedError, match="cannot turn"),
+    ):
+        editor.remove_constraint(Event, declared)
+    assert len(partitions()) == 1
+
+
+def test_apply_refuses_to_run_inside_a_transaction(db):
+    """One commit per partition: apply() inside transaction.atomic() is a clear error."""
+    with pytest.raises(PartitionError, match="does not exist in schema 'public'"):
+        plan(models_=["events.Event"], now=NOW)  # a tenant app, asked for in the public schema
+    with pytest.raises(PartitionError, match="outside transaction.atomic"):
+        apply(plan(models_=["audit.AuditEntry"], now=NOW))
