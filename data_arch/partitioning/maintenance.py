@@ -276,8 +276,14 @@ def _table_plan(
             continue
         statements = [*sql.create_standalone(schema, table, name, column, start, end)]
         if state.default:
-            excl = sql.exclusion(schema, state.default.name, column, start, end)
-            statements += [excl[0], excl[1], sql.attach(schema, table, name, start, end), excl[2]]
+            statements += [
+                *sql.lock_for_attach(schema, table, state.default.name),
+                sql.drain_batch(
+                    schema, state.default.name, name, column,
+                    catalog.columns(using, schema, table), start, end, None,
+                ),
+                sql.attach(schema, table, name, start, end),
+            ]
         else:
             statements.append(sql.attach(schema, table, name, start, end))
         statements.append(sql.drop_bounds_check(schema, name))
@@ -509,21 +515,20 @@ def _apply_action(
             )
             return True
         default = state.default.name
-        add_excl, validate_excl, drop_excl = sql.exclusion(
-            schema, default, table.column, action.start, action.end
-        )
         _drain(runner, table, action, default)
-        # From here on no new row of this month can enter the default; move any that slipped in
-        # during the drain, prove the default clean, and attach without scanning it.
-        runner.step([drop_excl, add_excl])
-        try:
-            _drain(runner, table, action, default)
-            runner.step([validate_excl])
-            runner.step(
-                [sql.attach(schema, table.table, action.partition, action.start, action.end)]
-            )
-        finally:
-            runner.step([drop_excl])
+        # One short transaction (see sql.lock_for_attach for the lock order): rows that slipped
+        # into the default since the drain move in it, so ATTACH's scan of the default finds none
+        # of the new month and no insert of that month fails or is lost.
+        runner.step(
+            [
+                *sql.lock_for_attach(schema, table.table, default),
+                sql.drain_batch(
+                    schema, default, action.partition, table.column,
+                    catalog.columns(using, schema, table.table), action.start, action.end, None,
+                ),
+                sql.attach(schema, table.table, action.partition, action.start, action.end),
+            ]
+        )
         runner.step([sql.drop_bounds_check(schema, action.partition)])
         return True
     if action.partition not in attached:

@@ -85,23 +85,18 @@ def drop_bounds_check(schema: str, name: str) -> str:
     )
 
 
-def exclusion(
-    schema: str, default: str, column: str, start: dt.datetime, end: dt.datetime
-) -> tuple[str, str, str]:
-    """Add (NOT VALID), validate and drop the default partition's CHECK excluding [start, end).
+def lock_for_attach(schema: str, parent: str, default: str) -> tuple[str, str]:
+    """Locks taken before the final move + ATTACH, default partition first.
 
-    Validated, it proves to ATTACH that the default holds no row of the new range, so ATTACH
-    does not scan the default while holding its ACCESS EXCLUSIVE lock.
+    ACCESS EXCLUSIVE on the default (ATTACH takes it anyway) is waited for while holding nothing
+    on the parent, so writers of existing months never queue behind a wait for a slow reader of
+    the default. Then SHARE ROW EXCLUSIVE on the parent holds writers back (readers go on) for
+    the few milliseconds of the final move and ATTACH: an insert already routed to the default
+    would otherwise fail its partition constraint once ATTACH commits.
     """
-    name = quote(constraint_name(default, "_excl"))
-    table = qualified(schema, default)
     return (
-        (
-            f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK (NOT ({quote(column)} IS NOT NULL AND "
-            f"{quote(column)} >= {literal(start)} AND {quote(column)} < {literal(end)})) NOT VALID"
-        ),
-        f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}",
-        f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}",
+        f"LOCK TABLE {qualified(schema, default)} IN ACCESS EXCLUSIVE MODE",
+        f"LOCK TABLE ONLY {qualified(schema, parent)} IN SHARE ROW EXCLUSIVE MODE",
     )
 
 
@@ -113,10 +108,20 @@ def drain_batch(
     columns: list[str],
     start: dt.datetime,
     end: dt.datetime,
-    batch: int,
+    batch: int | None,
 ) -> str:
-    """Move up to ``batch`` rows of [start, end) from the default into ``target``, atomically."""
+    """Move up to ``batch`` rows of [start, end) from the default into ``target``, atomically.
+
+    ``batch=None`` moves every such row; only for use under the attach locks, where no row lock
+    can be held by anyone else.
+    """
     cols = ", ".join(quote(c) for c in columns)
+    if batch is None:
+        return (
+            f"WITH moved AS (DELETE FROM {qualified(schema, default)} WHERE {quote(column)} >= "
+            f"{literal(start)} AND {quote(column)} < {literal(end)} RETURNING {cols}) "
+            f"INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
+        )
     return (
         f"WITH moved AS (DELETE FROM {qualified(schema, default)} WHERE ctid = ANY(ARRAY("
         f"SELECT ctid FROM {qualified(schema, default)} WHERE {quote(column)} >= {literal(start)} "
