@@ -68,6 +68,7 @@ SHOW_PUBLIC_IF_NO_TENANT_FOUND = True
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django_tenants.middleware.main.TenantMainMiddleware",
+    "data_arch.routing.ReplicaRoutingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -107,7 +108,10 @@ DATABASES = {
         "TEST": {"MIRROR": "default"},
     },
 }
-DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+DATABASE_ROUTERS = [
+    "django_tenants.routers.TenantSyncRouter",
+    "data_arch.routers.ReplicaRouter",
+]
 
 CACHES = {
     "default": {
