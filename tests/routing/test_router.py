@@ -81,11 +81,18 @@ def test_check_short_sticky_window():
         assert "data_arch.W304" in _ids(check_router())
 
 
+def _add_connection(alias, config):
+    """A connection for an alias added during the test (allowed by Django's test isolation)."""
+    from django.db.utils import load_backend
+
+    connections[alias] = load_backend(config["ENGINE"]).DatabaseWrapper(config, alias)
+
+
 @pytest.fixture
-def fake_replica(settings):
+def fake_replica(settings, transactional_db):
     """An alias listed as a replica that really points at the primary server."""
     config = dict(connections["default"].settings_dict)
-    connections.settings["fake_replica"] = config
+    _add_connection("fake_replica", config)
     databases = dict(settings.DATABASES)
     databases["fake_replica"] = config
     try:
@@ -96,7 +103,6 @@ def fake_replica(settings):
             yield "fake_replica"
     finally:
         connections["fake_replica"].close()
-        del connections.settings["fake_replica"]
         del connections["fake_replica"]
 
 
@@ -118,3 +124,51 @@ def test_no_healthy_replica_policy_error(fake_replica):
         reset_health()
         with pytest.raises(NoHealthyReplica, match="NO_HEALTHY_REPLICA"):
             User.objects.all().db
+
+
+@pytest.fixture
+def second_replica(settings, transactional_db):
+    """A second alias on the same streaming standby: two real replicas to balance over."""
+    config = dict(connections["replica"].settings_dict)
+    _add_connection("replica2", config)
+    databases = dict(settings.DATABASES)
+    databases["replica2"] = config
+    try:
+        with override_settings(DATABASES=databases):
+            yield "replica2"
+    finally:
+        connections["replica2"].close()
+        del connections["replica2"]
+
+
+@ROUTED
+def test_weighted_round_robin_over_several_replicas(streaming_replica, second_replica):
+    from data_arch.routing import routing_context
+
+    with override_settings(DATA_ARCH={"ROUTER": {
+        "REPLICAS": ["replica", "replica2"], "WEIGHTS": {"replica": 3, "replica2": 1},
+    }}):
+        picks = []
+        for _ in range(40):
+            with routing_context():
+                first = User.objects.all().db
+                assert User.objects.all().db == first  # one replica per context
+                picks.append(first)
+    assert picks.count("replica") == 30 and picks.count("replica2") == 10
+
+
+@ROUTED
+def test_another_primary_replica_set_by_app_label(fake_replica):
+    from example_project.shop.models import Order
+
+    # "fake_replica" stands in for a second primary here (it is the same server).
+    with override_settings(DATA_ARCH={"ROUTER": {
+        "REPLICAS": ["replica"],
+        "SETS": [{"PRIMARY": "fake_replica", "REPLICAS": [], "APPS": ["shop"]}],
+    }}):
+        assert router.db_for_write(Order) == "fake_replica"
+        assert router.db_for_read(Order) == "fake_replica"  # a set without replicas
+        assert ReplicaRouter().allow_migrate("default", "shop") is False
+        assert ReplicaRouter().allow_migrate("fake_replica", "shop") is None
+        assert ReplicaRouter().allow_migrate("fake_replica", "auth") is False
+        assert router.db_for_write(User) == "default"
