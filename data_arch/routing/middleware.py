@@ -13,7 +13,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core import signing
 
-from data_arch import conf
+from data_arch.routing.router import router_config
 from data_arch.routing.state import RoutingState, routing_context, token_from
 
 __all__ = ["ReplicaRoutingMiddleware", "dumps_token", "loads_token"]
@@ -57,13 +57,13 @@ class ReplicaRoutingMiddleware:
             markcoroutinefunction(self)
 
     def _token(self, request: Any) -> dict[str, int]:
-        config = conf.router_settings()
+        config = router_config()
         return loads_token(request.COOKIES.get(config.cookie_name), config.sticky_seconds)
 
     def _finish(self, request: Any, response: Any, state: RoutingState) -> None:
         if not state.wrote:
             return
-        config = conf.router_settings()
+        config = router_config()
         if config.sticky_seconds <= 0:
             return
         token = state.token()

@@ -47,14 +47,43 @@ class RouterSet:
         return dict(self.weights).get(alias, 1)
 
 
+_cached: tuple[Any, conf.RouterSettings, list[RouterSet]] | None = None
+
+
+def _settings_key() -> Any:
+    from django.conf import settings
+
+    return (id(getattr(settings, "DATA_ARCH", None)), id(settings.DATABASES))
+
+
+def router_config() -> conf.RouterSettings:
+    """ROUTER settings, validated once per settings object (every read consults them)."""
+    return _configured()[0]
+
+
 def router_sets() -> list[RouterSet]:
     """The configured sets; the first (PRIMARY/REPLICAS) serves every app not listed in SETS."""
+    return _configured()[1]
+
+
+def clear_settings_cache(**kwargs: Any) -> None:
+    global _cached
+    _cached = None
+
+
+def _configured() -> tuple[conf.RouterSettings, list[RouterSet]]:
+    global _cached
+    key = _settings_key()
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
     config = conf.router_settings()
     weights = tuple(config.weights.items())
     sets = [RouterSet(config.primary, config.replicas, (), weights)]
     for item in config.sets:
         sets.append(RouterSet(item["primary"], item["replicas"], item["apps"], weights))
-    return sets
+    _cached = (key, config, sets)
+    return config, sets
 
 
 def _set_for_app(app_label: str, sets: list[RouterSet]) -> RouterSet:
@@ -246,7 +275,7 @@ def _replayed(alias: str, required: int, state: RoutingState | None) -> bool:
     """Whether ``alias`` has replayed ``required``, polling up to MAX_LSN_WAIT."""
     if state is not None and state.confirmed.get(alias, -1) >= required:
         return True
-    deadline = time.monotonic() + conf.router_settings().max_lsn_wait
+    deadline = time.monotonic() + router_config().max_lsn_wait
     connection = connections[alias]
     try:
         connection.ensure_connection()
@@ -288,7 +317,7 @@ def _usable(alias: str) -> bool:
 
 
 def _healthy(rset: RouterSet, exclude: set[str]) -> list[str]:
-    ttl = conf.router_settings().health_ttl
+    ttl = router_config().health_ttl
     return [
         alias for alias in rset.replicas
         if alias not in exclude and health.health_of(alias, rset.primary, ttl).healthy
@@ -343,7 +372,7 @@ def read_alias(rset: RouterSet) -> str:
             state.chosen[primary] = alias
         return alias
     if not _healthy(rset, set()):
-        if conf.router_settings().no_healthy_replica == "error":
+        if router_config().no_healthy_replica == "error":
             raise NoHealthyReplica(
                 f"no healthy replica among {', '.join(rset.replicas)} for primary {primary!r} "
                 "and DATA_ARCH['ROUTER']['NO_HEALTHY_REPLICA'] is 'error'; see the "
