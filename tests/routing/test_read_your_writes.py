@@ -111,3 +111,25 @@ def test_celery_task_sent_after_a_write_sees_it(
         # No write in this context: the task reads the replica, which lacks the row.
         assert find_user.delay("via-task").get(timeout=30) == {"found": False, "db": None}
         assert find_user.delay("replayed").get(timeout=30) == {"found": True, "db": "replica"}
+
+
+@override_settings(PUBLIC_SCHEMA_URLCONF="tests.routing.views")
+def test_async_client_carries_the_token_too(user_on_replica, replica_replay_paused):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    async def scenario():
+        client = AsyncClient()
+        created = await client.get("/create/", {"username": "via-async"})
+        assert created.status_code == 201
+        client.cookies = created.cookies
+        after_write = (await client.get("/read-async/", {"username": "via-async"})).json()
+        stranger = (await AsyncClient().get("/read-async/", {"username": "replayed"})).json()
+        await sync_to_async(connections.close_all)()  # the worker thread's connections
+        return after_write, stranger
+
+    after_write, stranger = asyncio.run(scenario())
+    assert after_write == {"found": True, "db": "default"}
+    assert stranger == {"found": True, "db": "replica"}
