@@ -4,7 +4,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connections
 from django.test import override_settings
-from django_tenants.utils import get_public_schema_name
 
 from data_arch.routing import routing_context
 from tests.routing.conftest import ROUTED
@@ -43,30 +42,3 @@ def test_stopping_the_replica_mid_run_fails_no_read(user_on_replica, data_arch_s
         finally:
             if not replica.running:
                 replica.start()
-
-
-def test_replica_connection_carries_the_tenant_schema(tenant_schemas, wait_for_replica):
-    from example_project.customers.models import Client
-    from example_project.shop.models import Customer
-
-    wait_for_replica()  # the session fixture created the tenants moments ago
-    primary = connections["default"]
-    tenant_a = Client.objects.get(schema_name="tenant_a")
-    tenant_b = Client.objects.get(schema_name="tenant_b")
-    try:
-        primary.set_tenant(tenant_a)  # what TenantMainMiddleware does: the primary only
-        Customer.objects.create(name="only in a", email="a@example.com")
-        wait_for_replica()
-        with routing_context():
-            found = Customer.objects.get(name="only in a")
-            assert found._state.db == "replica"
-            assert connections["replica"].schema_name == "tenant_a"
-        primary.set_tenant(tenant_b)
-        with routing_context():
-            assert Customer.objects.all().db == "replica"
-            assert not Customer.objects.filter(name="only in a").exists()
-            assert connections["replica"].schema_name == "tenant_b"
-    finally:
-        primary.set_schema_to_public()
-        connections["replica"].set_schema_to_public()
-        assert primary.schema_name == get_public_schema_name()
