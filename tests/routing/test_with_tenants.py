@@ -6,23 +6,28 @@ from django_tenants.utils import get_public_schema_name
 
 from data_arch.routing import routing_context
 
-# available_apps leaves customers out of the flush after the test, so the tenant rows the
-# session's tenant_schemas fixture created survive for later tests.
-pytestmark = pytest.mark.django_db(
-    transaction=True,
-    databases=["default", "replica"],
-    available_apps=["django.contrib.contenttypes", "django.contrib.auth", "example_project.shop"],
-)
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
 
-def test_replica_connection_carries_the_tenant_schema(tenant_schemas, wait_for_replica):
-    from example_project.customers.models import Client
+@pytest.fixture
+def two_tenants(transactional_db):
+    """The tenants of the session's ``tenant_schemas``, made sure of for this test.
+
+    Not the session fixture itself: this test's flush empties the tenant table, and the
+    session fixture would not put the rows back for the tests after it that rely on them.
+    Creating a row whose schema already exists skips the schema's migrations.
+    """
+    from tests.factories import ClientFactory
+
+    return [ClientFactory(schema_name=name) for name in ("tenant_a", "tenant_b")]
+
+
+def test_replica_connection_carries_the_tenant_schema(two_tenants, wait_for_replica):
     from example_project.shop.models import Customer
 
-    wait_for_replica()  # the session fixture created the tenants moments ago
+    wait_for_replica()  # the tenants may have been created moments ago
     primary = connections["default"]
-    tenant_a = Client.objects.get(schema_name="tenant_a")
-    tenant_b = Client.objects.get(schema_name="tenant_b")
+    tenant_a, tenant_b = two_tenants
     try:
         primary.set_tenant(tenant_a)  # what TenantMainMiddleware does: the primary only
         Customer.objects.create(name="only in a", email="a@example.com")
