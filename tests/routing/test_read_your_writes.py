@@ -60,6 +60,12 @@ def test_instance_hint_keeps_related_reads_on_the_instance_database(
     from django.contrib.auth.models import Group
 
     with routing_context():
+        from_primary = User.objects.using("default").get(username="replayed")
+        from_replica = User.objects.get(username="replayed")
+        assert from_replica._state.db == "replica"
+        assert from_primary.groups.all().db == "default"
+        assert from_replica.groups.all().db == "replica"
+    with routing_context():
         user = User.objects.create(username="with-groups")
         group = Group.objects.create(name="g")
         user.groups.add(group)
