@@ -238,20 +238,81 @@ class PartitionSettings:
     detach_concurrently: bool = _field(False, boolean)
 
 
+def _weights(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise SettingError(f"{name} must be a dict of replica alias -> weight, got {value!r}")
+    return {
+        database_alias(f"{name} key", alias): positive_int(f"{name}[{alias!r}]", weight)
+        for alias, weight in value.items()
+    }
+
+
+def _router_sets(name: str, value: Any) -> tuple[dict[str, Any], ...]:
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
+        raise SettingError(f"{name} must be a list of dicts with PRIMARY, REPLICAS and APPS, "
+                           f"got {value!r}")
+    sets = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"PRIMARY", "REPLICAS", "APPS"}:
+            raise SettingError(f"{where} must be a dict with keys PRIMARY, REPLICAS and APPS, "
+                               f"got {item!r}")
+        apps = item.get("APPS", ())
+        if isinstance(apps, str) or not isinstance(apps, (list, tuple)) or not apps:
+            raise SettingError(f"{where}['APPS'] must be a non-empty list of app labels, "
+                               f"got {apps!r}")
+        sets.append({
+            "primary": database_alias(f"{where}['PRIMARY']", item.get("PRIMARY")),
+            "replicas": database_aliases(f"{where}['REPLICAS']", item.get("REPLICAS", [])),
+            "apps": tuple(string(f"{where}['APPS']", a) for a in apps),
+        })
+    return tuple(sets)
+
+
 @dataclasses.dataclass(frozen=True)
 class RouterSettings:
     #: The primary's alias; writes and migrations go here.
     primary: str = _field("default", database_alias)
     #: Replica aliases reads may go to.
     replicas: tuple[str, ...] = _field(tuple, database_aliases, factory=True)
-    #: Seconds reads stay on the primary (or a caught-up replica) after a write.
-    sticky_seconds: float = _field(5.0, non_negative_number)
+    #: Relative read weight per replica alias (missing ones weigh 1).
+    weights: dict[str, int] = _field(dict, _weights, factory=True)
+    #: Further primary/replica sets: [{"PRIMARY": a, "REPLICAS": [...], "APPS": [labels]}].
+    sets: tuple[dict[str, Any], ...] = _field(tuple, _router_sets, factory=True)
+    #: Seconds a write's WAL token is carried to the user's next requests and tasks.
+    sticky_seconds: float = _field(15.0, non_negative_number)
     #: A replica lagging more than this many seconds is skipped.
     max_lag_seconds: float = _field(10.0, positive_number)
+    #: A replica more than this many bytes of WAL behind the primary is skipped (None: no limit).
+    max_lag_bytes: int | None = _field(None, optional_positive_int)
+    #: How long a read waits for a replica to replay the context's last write, in seconds.
+    max_lsn_wait: float = _field(0.02, non_negative_number)
     #: How long a health probe result is trusted, in seconds.
     health_ttl: float = _field(2.0, positive_number)
+    #: connect_timeout of a health probe, in seconds (libpq's minimum is 2).
+    probe_timeout: int = _field(2, positive_int)
     #: What reads do when no replica is healthy.
     no_healthy_replica: str = _field("primary", one_of("primary", "error"))
+    #: Name of the signed cookie carrying the WAL token between requests.
+    cookie_name: str = _field("data_arch_wal", string)
+
+    def validate(self) -> None:
+        primaries = [self.primary, *(s["primary"] for s in self.sets)]
+        replicas = [*self.replicas, *(r for s in self.sets for r in s["replicas"])]
+        both = sorted(set(primaries) & set(replicas))
+        if both:
+            raise SettingError(
+                f"DATA_ARCH['ROUTER']: {', '.join(map(repr, both))} is listed both as a primary "
+                "and as a replica; a replica alias must point at a standby"
+            )
+        if len(set(primaries)) != len(primaries) or len(set(replicas)) != len(replicas):
+            raise SettingError("DATA_ARCH['ROUTER']: an alias appears in more than one set")
+        unknown = sorted(set(self.weights) - set(replicas))
+        if unknown:
+            raise SettingError(
+                f"DATA_ARCH['ROUTER']['WEIGHTS'] names {', '.join(map(repr, unknown))}, "
+                "which is not in any REPLICAS list"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

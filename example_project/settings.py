@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django_tenants.middleware.main.TenantMainMiddleware",
     "data_arch.tenancy.middleware.TenantMiddleware",
+    "data_arch.routing.ReplicaRoutingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -111,7 +112,10 @@ DATABASES = {
         "TEST": {"MIRROR": "default"},
     },
 }
-DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+DATABASE_ROUTERS = [
+    "django_tenants.routers.TenantSyncRouter",
+    "data_arch.routers.ReplicaRouter",
+]
 
 CACHES = {
     "default": {

@@ -183,3 +183,29 @@ def celery_worker(request, django_db_setup, django_db_blocker) -> Iterator[subpr
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+@pytest.fixture
+def replica_replay_paused(streaming_replica, django_db_blocker) -> Iterator[str]:
+    """Strict mode: the replica stops replaying WAL for the test, so any read the router
+    sends there after a write misses that write -- deterministically. Replay always resumes
+    in teardown. Yields the replica alias."""
+    from django.db import connections
+
+    alias = "replica"
+    with django_db_blocker.unblock():
+        replica_caught_up("default", alias)
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT pg_wal_replay_pause()")
+    try:
+        yield alias
+    finally:
+        with django_db_blocker.unblock():
+            try:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("SELECT pg_wal_replay_resume()")
+            except Exception:
+                # The connection may have died with the test; resume over a fresh one.
+                connections[alias].close()
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("SELECT pg_wal_replay_resume()")

@@ -14,3 +14,12 @@ def ping() -> dict:
         "schema": connection.schema_name,
         "tenants": sorted(Client.objects.values_list("schema_name", flat=True)),
     }
+
+
+@shared_task
+def find_user(username: str) -> dict:
+    """Looks a user up by the router's read choice: whether it was found and on which alias."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(username=username).first()
+    return {"found": user is not None, "db": user._state.db if user else None}
