@@ -209,3 +209,24 @@ def replica_replay_paused(streaming_replica, django_db_blocker) -> Iterator[str]
                 connections[alias].close()
                 with connections[alias].cursor() as cursor:
                     cursor.execute("SELECT pg_wal_replay_resume()")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Build the test databases with every read on the primary.
+
+    While Django creates and migrates the test database, a mirror alias (the replica) still
+    points at the non-test database; only afterwards is it switched to the test one. A read the
+    router sent there during migrations (django-tenants lists tenants right after migrating the
+    public schema) would look in the wrong database.
+    """
+    if fixturedef.argname != "django_db_setup":
+        return (yield)
+    from django.conf import settings
+
+    if "data_arch.routers.ReplicaRouter" not in getattr(settings, "DATABASE_ROUTERS", []):
+        return (yield)
+    from data_arch.routing import use_primary
+
+    with use_primary():
+        return (yield)

@@ -332,7 +332,6 @@ class PostgresServer:
                 "max_locks_per_transaction = 256\n"
                 "shared_buffers = 64MB\n"
                 "fsync = off\n"
-                "synchronous_commit = off\n"
                 "full_page_writes = off\n"
                 "wal_keep_size = 256MB\n"
                 "logging_collector = off\n"
