@@ -703,12 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         services = start_services(postgres=args.postgres, replica=not args.no_replica)
     except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 1
     with services:
-        print(services.describe())
+        sys.stdout.write(services.describe() + "\n")
         for key, value in services.environ().items():
-            print(f"export {key}={value}")
+            sys.stdout.write(f"export {key}={value}\n")
+        sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0

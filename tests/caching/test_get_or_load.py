@@ -286,12 +286,17 @@ def test_bare_decorator_and_bad_options_fail_at_definition():
 
 
 def test_non_django_redis_alias_is_rejected(settings):
+    # Django's own Redis backend on the same Redis: a real cache, but not django-redis, whose
+    # client (scripts, pipelines, raw connection) the helpers need.
     settings.CACHES = {
         **settings.CACHES,
-        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "builtin": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": settings.CACHES["default"]["LOCATION"],
+        },
     }
     with pytest.raises(CacheAliasError, match="need django-redis"):
-        cached(60, alias="local")
+        cached(60, alias="builtin")
 
 
 def test_checks(settings):
@@ -308,7 +313,10 @@ def test_checks(settings):
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
         },
-        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "builtin": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        },
     }
     assert [m.id for m in check_cache()] == ["data_arch.W401", "data_arch.W402"]
     settings.CACHES["default"]["OPTIONS"] = {
@@ -317,7 +325,7 @@ def test_checks(settings):
         "SOCKET_CONNECT_TIMEOUT": 1,
     }
     assert [m.id for m in check_cache()] == ["data_arch.W401", "data_arch.W403"]
-    settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {"ALIAS": "local"}}
+    settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {"ALIAS": "builtin"}}
     assert [m.id for m in check_cache()] == ["data_arch.E400"]
     assert all(isinstance(m, checks.CheckMessage) for m in check_cache())
 
