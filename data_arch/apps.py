@@ -19,13 +19,10 @@ class DataArchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Teach each PostgreSQL backend's schema editor to create partitioned parents.
-        from data_arch.partitioning import schema
+        from data_arch import wiring
 
-        schema.install()
-        # Registering checks only: configuration errors are reported by them, never raised here.
+        # Every hook, by name: statement wrappers in their declared order, signals, the
+        # schema-editor hook. Configuration errors are reported by checks, never raised here.
+        wiring.install()
         for module in CHECK_MODULES:
-            package = module.rsplit(".", 1)[0]
-            if package == "data_arch" or importlib.util.find_spec(package) is not None:
-                if importlib.util.find_spec(module) is not None:
-                    importlib.import_module(module)
+            importlib.import_module(module)

@@ -97,6 +97,26 @@ def positive_number(name: str, value: Any) -> float:
     return number
 
 
+def number_between(low: float, high: float) -> Validator:
+    def check(name: str, value: Any) -> float:
+        number = non_negative_number(name, value)
+        if not low <= number <= high:
+            raise SettingError(f"{name} must be between {low:g} and {high:g}, got {value}")
+        return number
+
+    return check
+
+
+def int_between(low: int, high: int) -> Validator:
+    def check(name: str, value: Any) -> int:
+        number = positive_int(name, value)
+        if not low <= number <= high:
+            raise SettingError(f"{name} must be an integer between {low} and {high}, got {value}")
+        return number
+
+    return check
+
+
 def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SettingError(f"{name} must be True or False, got {value!r}")
@@ -168,7 +188,40 @@ def cache_alias(name: str, value: Any) -> str:
 T = TypeVar("T")
 
 
+# section -> its validated settings. Every statement data_arch wraps reads a section, so each is
+# built once and kept until a setting it depends on changes (``clear_cache``).
+_memo: dict[str, Any] = {}
+
+#: Django settings the sections are validated against; a change to any of them clears the memo.
+DEPENDS_ON = frozenset({
+    "DATA_ARCH", "DATABASES", "CACHES", "DATABASE_ROUTERS", "TENANT_MODEL", "PUBLIC_SCHEMA_NAME",
+    "MIDDLEWARE",
+})
+
+
+def clear_cache(*, setting: str | None = None, **kwargs: Any) -> None:
+    """Forget every memoised section (a ``setting_changed`` receiver; also callable directly)."""
+    if setting is None or setting in DEPENDS_ON:
+        _memo.clear()
+
+
 def _load(section: str, cls: type[T]) -> T:
+    """The ``cls`` dataclass for ``DATA_ARCH[section]``, validated once and memoised."""
+    cached = _memo.get(section)
+    if cached is not None and cached[0] is _settings_identity():
+        return cached[1]
+    instance = _build(section, cls)
+    _memo[section] = (_settings_identity(), instance)
+    return instance
+
+
+def _settings_identity() -> Any:
+    # The wrapped settings object: a new one (override_settings, a test runner swapping settings
+    # without the signal) never sees another's memo.
+    return getattr(settings, "_wrapped", None)
+
+
+def _build(section: str, cls: type[T]) -> T:
     """Build the ``cls`` dataclass from ``DATA_ARCH[section]``, validating every key."""
     value = raw().get(section, {})
     if value is None:
@@ -287,10 +340,13 @@ class RouterSettings:
     max_lag_bytes: int | None = _field(None, optional_positive_int)
     #: How long a read waits for a replica to replay the context's last write, in seconds.
     max_lsn_wait: float = _field(0.02, non_negative_number)
-    #: How long a health probe result is trusted, in seconds.
-    health_ttl: float = _field(2.0, positive_number)
-    #: connect_timeout of a health probe, in seconds (libpq's minimum is 2).
-    probe_timeout: int = _field(2, positive_int)
+    #: How long a healthy probe result is trusted, in seconds (counted from the probe's end).
+    health_ttl: float = _field(5.0, number_between(0.05, 3600))
+    #: Longest wait of a health probe, connect included, in seconds; also the connect_timeout
+    #: given to replica aliases that set none (libpq's minimum is 2).
+    probe_timeout: int = _field(2, int_between(2, 60))
+    #: An unhealthy replica is re-probed after HEALTH_TTL, then 2x, 4x ... up to this, seconds.
+    health_backoff_max: float = _field(30.0, number_between(0.05, 3600))
     #: What reads do when no replica is healthy.
     no_healthy_replica: str = _field("primary", one_of("primary", "error"))
     #: Name of the signed cookie carrying the WAL token between requests.
@@ -307,6 +363,11 @@ class RouterSettings:
             )
         if len(set(primaries)) != len(primaries) or len(set(replicas)) != len(replicas):
             raise SettingError("DATA_ARCH['ROUTER']: an alias appears in more than one set")
+        if self.health_backoff_max < self.health_ttl:
+            raise SettingError(
+                f"DATA_ARCH['ROUTER']['HEALTH_BACKOFF_MAX'] ({self.health_backoff_max:g}) must be "
+                f">= HEALTH_TTL ({self.health_ttl:g})"
+            )
         unknown = sorted(set(self.weights) - set(replicas))
         if unknown:
             raise SettingError(

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from data_arch.routing.state import current_state, routing_context, token_from
+from data_arch.routing.wal import token as wal_token
 
 logger = logging.getLogger("data_arch.routing")
 HEADER = "data_arch_wal"
@@ -22,13 +23,16 @@ def on_before_task_publish(headers: dict | None = None, **kwargs: Any) -> None:
     state = current_state()
     if headers is None or state is None or not (state.required or state.pending):
         return
-    token = state.token()
+    token = wal_token(state)
     if token:
         headers[HEADER] = token
 
 
 def on_task_prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
-    raw = getattr(getattr(task, "request", None), HEADER, None)
+    request = getattr(task, "request", None)
+    if getattr(request, "is_eager", False):
+        return  # runs in the caller's context: it reads the caller's writes as the caller would
+    raw = getattr(request, HEADER, None)
     token: dict[str, int] = {}
     if raw:
         try:
@@ -46,7 +50,7 @@ def on_task_postrun(task_id: str | None = None, **kwargs: Any) -> None:
         manager.__exit__(None, None, None)
 
 
-def connect() -> bool:
+def install() -> bool:
     """Connect the signal handlers if Celery is installed; returns whether it is."""
     if importlib.util.find_spec("celery") is None:
         return False

@@ -9,6 +9,11 @@ from django.core import checks
 from data_arch import conf
 
 ROUTER_PATH = "data_arch.routers.ReplicaRouter"
+ROUTER_PATHS = (ROUTER_PATH, "data_arch.routing.ReplicaRouter", "data_arch.routing.router.ReplicaRouter")
+MIDDLEWARE_PATHS = (
+    "data_arch.routing.ReplicaRoutingMiddleware",
+    "data_arch.routing.middleware.ReplicaRoutingMiddleware",
+)
 
 
 def _router_config() -> conf.RouterSettings | None:
@@ -25,14 +30,14 @@ def check_replicas_are_standbys(app_configs: Any = None, databases: Any = None, 
     if config is None or not databases:
         return []
     from data_arch.routing import health
-    from data_arch.routing.router import router_sets
+    from data_arch.routing.sets import router_sets
 
     errors = []
     for rset in router_sets():
         for alias in rset.replicas:
             if alias not in databases:
                 continue
-            result = health._probe(alias, rset.primary)
+            result = health.probe(alias, rset.primary)
             if "not a standby" in result.reason:
                 errors.append(checks.Error(
                     f"DATABASES[{alias!r}] is listed as a replica but its server is not in "
@@ -55,7 +60,7 @@ def check_router(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     routers = [r if isinstance(r, str) else f"{type(r).__module__}.{type(r).__name__}"
                for r in getattr(settings, "DATABASE_ROUTERS", [])]
     replicas = [*config.replicas, *(r for s in config.sets for r in s["replicas"])]
-    installed = ROUTER_PATH in routers or "data_arch.routing.router.ReplicaRouter" in routers
+    installed = any(path in routers for path in ROUTER_PATHS)
     if replicas and not installed:
         messages.append(checks.Error(
             f"DATA_ARCH['ROUTER'] lists replicas ({', '.join(replicas)}) but {ROUTER_PATH!r} "
@@ -89,11 +94,31 @@ def check_router(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
             id="data_arch.W304",
         ))
     middleware = getattr(settings, "MIDDLEWARE", []) or []
-    if installed and replicas and "data_arch.routing.ReplicaRoutingMiddleware" not in middleware:
+    if installed and replicas and not any(path in middleware for path in MIDDLEWARE_PATHS):
         messages.append(checks.Warning(
             "ReplicaRoutingMiddleware is not in MIDDLEWARE: a user's next request may read "
             "from a replica that has not replayed their previous request's write",
             hint="Add 'data_arch.routing.ReplicaRoutingMiddleware' to MIDDLEWARE.",
             id="data_arch.W305",
         ))
+    if replicas and config.health_ttl <= config.probe_timeout:
+        messages.append(checks.Warning(
+            f"HEALTH_TTL ({config.health_ttl:g}s) is not longer than PROBE_TIMEOUT "
+            f"({config.probe_timeout}s): a healthy replica is re-probed about as often as a "
+            "probe may take, so a hanging replica is probed nearly all the time",
+            hint="Make HEALTH_TTL several times PROBE_TIMEOUT (e.g. 10s with the default 2s).",
+            id="data_arch.W306",
+        ))
+    if installed:
+        routed = {config.primary, *(s["primary"] for s in config.sets)}
+        for alias in sorted(routed):
+            if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS"):
+                messages.append(checks.Warning(
+                    f"DATABASES[{alias!r}]['ATOMIC_REQUESTS'] is True: every view runs inside "
+                    f"atomic() on {alias!r}, and reads inside a transaction on the primary go to "
+                    "the primary, so no view read ever reaches a replica",
+                    hint="Turn ATOMIC_REQUESTS off and use transaction.atomic() where a view "
+                    "writes, or accept that views read the primary (see the README).",
+                    id="data_arch.W307",
+                ))
     return messages

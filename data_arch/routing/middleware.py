@@ -13,8 +13,9 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core import signing
 
-from data_arch.routing.router import router_config
+from data_arch.routing.sets import router_config
 from data_arch.routing.state import RoutingState, routing_context, token_from
+from data_arch.routing.wal import token as wal_token
 
 __all__ = ["ReplicaRoutingMiddleware", "dumps_token", "loads_token"]
 
@@ -66,7 +67,7 @@ class ReplicaRoutingMiddleware:
         config = router_config()
         if config.sticky_seconds <= 0:
             return
-        token = state.token()
+        token = wal_token(state)
         if not token:
             return
         response.set_cookie(

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from data_arch.routing.lsn import format_lsn, parse_lsn
+from data_arch.routing.lsn import parse_lsn
 
-__all__ = ["RoutingState", "current_state", "routing_context", "use_primary"]
+__all__ = ["RoutingState", "current_state", "migrating", "routing_context", "use_primary"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _pinned: ContextVar[bool] = ContextVar("data_arch_use_primary", default=False)
 _state: ContextVar[RoutingState | None] = ContextVar("data_arch_routing_state", default=None)
+_migrating: ContextVar[bool] = ContextVar("data_arch_migrating", default=False)
 
 
 @dataclasses.dataclass
@@ -41,6 +42,9 @@ class RoutingState:
     wrote: bool = False
     #: a request/task/``routing_context()`` (sticks to one server) rather than the implicit one.
     scoped: bool = False
+    #: primaries whose replicas were behind this (implicit) context's write at the last read:
+    #: later reads check the known replayed positions without waiting again.
+    fell_back: set[str] = dataclasses.field(default_factory=set)
 
     def note_write(self, primary: str) -> None:
         self.pending.add(primary)
@@ -49,13 +53,6 @@ class RoutingState:
     def require(self, primary: str, lsn: int) -> None:
         if lsn > self.required.get(primary, -1):
             self.required[primary] = lsn
-
-    def token(self) -> dict[str, str]:
-        """The positions to carry to the next request or task (``{primary: 'X/Y'}``)."""
-        from data_arch.routing.router import capture_pending
-
-        capture_pending(self)
-        return {alias: format_lsn(lsn) for alias, lsn in self.required.items()}
 
 
 def current_state(create: bool = False) -> RoutingState | None:
@@ -80,9 +77,12 @@ def routing_context(token: dict[str, int] | None = None) -> Iterator[RoutingStat
     for alias, lsn in (token or {}).items():
         state.require(alias, lsn)
     reset = _state.set(state)
+    # A migration that failed inside this context must not pin reads beyond it.
+    reset_migrating = _migrating.set(False)
     try:
         yield state
     finally:
+        _migrating.reset(reset_migrating)
         _state.reset(reset)
 
 
@@ -126,3 +126,12 @@ class use_primary(contextlib.ContextDecorator):
 def pinned() -> bool:
     return _pinned.get()
 
+
+
+def migrating() -> bool:
+    """Whether a migration is running in this context (its reads go to the primary)."""
+    return _migrating.get()
+
+
+def set_migrating(value: bool) -> None:
+    _migrating.set(value)

@@ -1,14 +1,12 @@
 """Tenancy: the current-tenant context and (row-level and schema) tenant isolation.
 
-Importing this package (data_arch's app config does, at startup) installs the per-transaction
-tenant setting on every PostgreSQL connection and, when Celery is installed, the signal
-handlers that carry the tenant through task messages.
+Importing this package has no side effect: data_arch's app config installs the per-transaction
+tenant setting and the Celery signal handlers (:mod:`data_arch.wiring`).
 """
 
-import importlib.util
+import importlib
 from typing import Any
 
-from data_arch.tenancy import rls as _rls
 from data_arch.tenancy.context import (
     CrossTenantError,
     InvalidTenantError,
@@ -71,8 +69,3 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-_rls.install()
-if importlib.util.find_spec("celery") is not None:
-    from data_arch.tenancy import celery as _celery
-
-    _celery.install()

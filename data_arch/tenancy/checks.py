@@ -32,6 +32,9 @@ from django.db import connections, router
 from django.db.models import F, UniqueConstraint
 
 from data_arch.tenancy import sql
+from data_arch.tenancy.registry import TENANT_FIELD, tenant_model_label, tenant_models
+
+TENANT_COLUMN = f"{TENANT_FIELD}_id"
 
 HINT_KEYS = (
     "Every key of a row-level table must include the tenant column so rows of different tenants "
@@ -39,26 +42,21 @@ HINT_KEYS = (
 )
 
 
-def _tenant_models(app_configs: Any = None) -> list[Any]:
-    from data_arch.tenancy.models import is_tenant_model
-
-    configs = app_configs if app_configs is not None else apps.get_app_configs()
-    return [m for config in configs for m in config.get_models() if is_tenant_model(m)]
-
-
 def _leads_with_tenant(index: Any) -> bool:
     if index.fields:
-        return index.fields[0].lstrip("-") == "tenant"
+        return index.fields[0].lstrip("-") == TENANT_FIELD
     first = index.expressions[0] if index.expressions else None
     while first is not None and not isinstance(first, F) and hasattr(first, "expression"):
         first = first.expression  # OrderBy(F("tenant"))
-    return isinstance(first, F) and first.name in ("tenant", "tenant_id")
+    return isinstance(first, F) and first.name in (TENANT_FIELD, TENANT_COLUMN)
 
 
 def _includes_tenant(constraint: UniqueConstraint) -> bool:
     if constraint.fields:
-        return "tenant" in constraint.fields or "tenant_id" in constraint.fields
-    return any(isinstance(e, F) and e.name in ("tenant", "tenant_id") for e in constraint.expressions)
+        return TENANT_FIELD in constraint.fields or TENANT_COLUMN in constraint.fields
+    return any(
+        isinstance(e, F) and e.name in (TENANT_FIELD, TENANT_COLUMN) for e in constraint.expressions
+    )
 
 
 @checks.register(checks.Tags.models)
@@ -69,6 +67,13 @@ def check_tenant_models(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 
 def model_errors(all_models: list[Any]) -> list[checks.CheckMessage]:
     """E100-E104 / W100 for ``all_models``."""
+    from data_arch.conf import SettingError
+
+    try:
+        if tenant_model_label() is None:
+            return []  # no tenant model: no row-level model can exist (TenantModel needs one)
+    except SettingError:
+        return []  # data_arch.E001 reports the broken setting
     from data_arch.tenancy.models import TenantForeignKey, TenantManager, is_tenant_model
 
     errors: list[checks.CheckMessage] = []
@@ -88,7 +93,7 @@ def model_errors(all_models: list[Any]) -> list[checks.CheckMessage]:
                     hint=f"Use tenant_unique({field.name!r}, name=...) in Meta.constraints. "
                     + HINT_KEYS, obj=model, id="data_arch.E101",
                 ))
-            if field.is_relation and field.many_to_one and field.name != "tenant":
+            if field.is_relation and field.many_to_one and field.name != TENANT_FIELD:
                 target = field.remote_field.model
                 if is_tenant_model(target) and not isinstance(field, TenantForeignKey):
                     errors.append(checks.Error(
@@ -98,7 +103,7 @@ def model_errors(all_models: list[Any]) -> list[checks.CheckMessage]:
                         + HINT_KEYS, obj=model, id="data_arch.E102",
                     ))
         for together in model._meta.unique_together:
-            if "tenant" not in together:
+            if TENANT_FIELD not in together:
                 errors.append(checks.Error(
                     f"{label} unique_together {together!r} leaves out the tenant.",
                     hint=HINT_KEYS, obj=model, id="data_arch.E101",
@@ -138,7 +143,7 @@ def model_errors(all_models: list[Any]) -> list[checks.CheckMessage]:
 
 
 def _database_models(alias: str) -> list[Any]:
-    return [m for m in _tenant_models() if router.allow_migrate_model(alias, m)]
+    return [m for m in tenant_models() if router.allow_migrate_model(alias, m)]
 
 
 def _query(alias: str, statement: str, params: list[Any] | None = None) -> list[tuple]:
@@ -171,7 +176,7 @@ def check_tenant_tables(app_configs: Any = None, databases: Any = None, **kwargs
                     obj=model, id="data_arch.W101",
                 ))
             keys = _query(alias, sql.KEY_COLUMNS, [table])
-            tenant_column = model._meta.get_field("tenant").column
+            tenant_column = model._meta.get_field(TENANT_FIELD).column
             primary = [cols for _name, kind, cols, _t in keys if kind == "p"]
             problems = []
             if not primary or tenant_column not in primary[0]:

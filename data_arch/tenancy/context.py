@@ -102,21 +102,10 @@ def require_tenant() -> Tenant:
     tenant = _current.get()
     if tenant is None:
         raise NoTenantError(
-            "no tenant is active: wrap the code in data_arch.tenant_context(tenant), or use the "
-            "model's unscoped manager for deliberate cross-tenant work"
+            "no tenant is active: wrap the code in data_arch.tenancy.tenant_context(tenant), or "
+            "use the model's unscoped manager for deliberate cross-tenant work"
         )
     return tenant
-
-
-def _schema_aliases() -> list[str]:
-    """Database aliases on django-tenants' backend (they carry a search_path)."""
-    from django.db import connections
-
-    return [
-        alias
-        for alias in connections.settings
-        if hasattr(connections[alias], "set_schema") and hasattr(connections[alias], "set_tenant")
-    ]
 
 
 @contextlib.contextmanager
@@ -133,20 +122,17 @@ def tenant_context(tenant: Any) -> Iterator[Tenant]:
         if value.schema_name is not None:
             from django.db import connections
 
-            for alias in _schema_aliases():
+            from data_arch import schema_backend
+
+            instance = tenant if value.pk is not None and not isinstance(tenant, Tenant) else None
+            for alias in schema_backend.schema_aliases():
                 connection = connections[alias]
-                switched.append((connection, connection.tenant))
-                if value.pk is not None and hasattr(tenant, "schema_name") and not isinstance(
-                    tenant, Tenant
-                ):
-                    connection.set_tenant(tenant)
-                else:
-                    connection.set_schema(value.schema_name)
+                previous = schema_backend.activate_schema(connection, instance, value.schema_name)
+                switched.append((connection, previous))
         yield value
     finally:
+        from data_arch import schema_backend
+
         for connection, previous in reversed(switched):
-            if previous is None:
-                connection.set_schema_to_public()
-            else:
-                connection.set_tenant(previous)
+            schema_backend.restore_schema(connection, previous)
         _current.reset(token)

@@ -30,6 +30,7 @@ from django.db.models.lookups import Exact
 from django.db.models.signals import class_prepared
 from django.db.models.sql.where import AND, WhereNode
 
+from data_arch.tenancy import registry
 from data_arch.tenancy.context import (
     CrossTenantError,
     InvalidTenantError,
@@ -37,6 +38,7 @@ from data_arch.tenancy.context import (
     current_tenant,
     require_tenant,
 )
+from data_arch.tenancy.registry import TENANT_FIELD
 
 __all__ = [
     "TENANT_FIELD",
@@ -50,18 +52,13 @@ __all__ = [
     "tenant_unique",
 ]
 
-#: The name of the tenant foreign key on every tenant-scoped model (column ``tenant_id``).
-TENANT_FIELD = "tenant"
-
 _UNBOUND = object()
 
 
 def tenant_model_label() -> str:
     """The tenant model as ``"app_label.Model"``: ``DATA_ARCH["TENANCY"]["MODEL"]``, else
     django-tenants' ``TENANT_MODEL``."""
-    from data_arch.conf import tenancy_settings
-
-    label = tenancy_settings().model or getattr(settings, "TENANT_MODEL", None)
+    label = registry.tenant_model_label()
     if not label:
         raise InvalidTenantError(
             "row-level tenancy needs a tenant model: set DATA_ARCH['TENANCY']['MODEL'] "

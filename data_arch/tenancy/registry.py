@@ -10,18 +10,40 @@ from django.conf import settings
 from data_arch.tenancy.context import InvalidTenantError, validate_schema_name
 
 
-def tenant_model() -> Any:
-    """The tenant model (``DATA_ARCH["TENANCY"]["MODEL"]``, else django-tenants'
-    ``TENANT_MODEL``), or None when none is configured."""
-    from django.apps import apps
+#: The name of the tenant foreign key on every row-level model (column ``tenant_id``).
+TENANT_FIELD = "tenant"
 
+
+def tenant_model_label() -> str | None:
+    """The tenant model as ``"app_label.Model"``: ``DATA_ARCH["TENANCY"]["MODEL"]``, else
+    django-tenants' ``TENANT_MODEL``; None when neither is set (no tenancy in this project)."""
     from data_arch.conf import tenancy_settings
 
-    label = tenancy_settings().model or getattr(settings, "TENANT_MODEL", None)
+    return tenancy_settings().model or getattr(settings, "TENANT_MODEL", None) or None
+
+
+def tenant_model() -> Any:
+    """The tenant model class, or None when none is configured."""
+    from django.apps import apps
+
+    label = tenant_model_label()
     return apps.get_model(label) if label else None
 
 
+def tenant_models(app_configs: Any = None) -> list[Any]:
+    """Every concrete row-level (``TenantModel``) model; none when no tenant model is set."""
+    if tenant_model_label() is None:
+        return []  # TenantModel cannot even be defined without one
+    from django.apps import apps
+
+    from data_arch.tenancy.models import is_tenant_model
+
+    configs = app_configs if app_configs is not None else apps.get_app_configs()
+    return [m for config in configs for m in config.get_models() if is_tenant_model(m)]
+
+
 def public_schema_name() -> str:
+    """The schema shared by every tenant (django-tenants' PUBLIC_SCHEMA_NAME, else public)."""
     return getattr(settings, "PUBLIC_SCHEMA_NAME", "public")
 
 

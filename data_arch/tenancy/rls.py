@@ -1,7 +1,7 @@
 """The current tenant on every PostgreSQL statement, per transaction, on every alias.
 
-An execute wrapper installed on every PostgreSQL connection (primary and replicas alike, via
-``connection_created``) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
+An execute wrapper on every PostgreSQL connection (primary and replicas alike; placed by
+:mod:`data_arch.wiring`, innermost) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
 and, on django-tenants connections, ``set_config('search_path', <the schema's path>, true)`` --
 in the same transaction as each statement:
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import psycopg
 import psycopg.sql
-from django.db.backends.signals import connection_created
 
+from data_arch import schema_backend
 from data_arch.tenancy import sql
 from data_arch.tenancy.context import current_tenant
 
-__all__ = ["install", "tenant_setting_value"]
+__all__ = ["set_tenant", "tenant_setting_value"]
 
 # Statements that must not run inside a transaction block, and transaction control itself
 # (prefixing those would change their meaning or fail in an aborted transaction).
@@ -66,10 +66,10 @@ def _literal(value: str, raw_connection: Any) -> str:
 
 def _search_path(connection: Any) -> str | None:
     """django-tenants' search_path for the connection's current schema, or None."""
-    paths = getattr(connection, "_get_cursor_search_paths", None)
-    if paths is None or not getattr(connection, "schema_name", None):
+    paths = schema_backend.search_path(connection)
+    if paths is None:
         return None
-    return ", ".join(connection.ops.quote_name(path) for path in paths())
+    return ", ".join(connection.ops.quote_name(path) for path in paths)
 
 
 def _settings(connection: Any) -> list[tuple[str, str]]:
@@ -118,28 +118,3 @@ def set_tenant(execute, sql_text, params, many, context):
             return execute(sql_text, params, many, context)
     raw_connection.execute(statement, values)
     return execute(sql_text, params, many, context)
-
-
-def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if connection.vendor != "postgresql":
-        return
-    if set_tenant not in connection.execute_wrappers:
-        # First in the list is outermost; inserting at 0 also keeps a caller's
-        # ``with connection.execute_wrapper(...)`` pop() from removing this one.
-        connection.execute_wrappers.insert(0, set_tenant)
-
-
-def install() -> None:
-    """Install the wrapper on every PostgreSQL connection, current and future (idempotent)."""
-    from django.conf import settings
-    from django.db import connections
-
-    connection_created.connect(
-        _on_connection_created, weak=False, dispatch_uid="data_arch.tenancy.rls"
-    )
-    if not settings.configured:
-        return  # imported before settings: connections made later get it from the signal
-    for alias in connections:
-        connection = connections[alias]
-        if connection.connection is not None:
-            _on_connection_created(None, connection)

@@ -27,12 +27,12 @@ class TableStatus:
 
 def table_status(alias: str = "default") -> list[TableStatus]:
     """One :class:`TableStatus` per row-level model whose table exists on ``alias``."""
-    from data_arch.tenancy.checks import _tenant_models
+    from data_arch.tenancy.registry import tenant_models
 
     # No router.allow_migrate here: with django-tenants it says "no" for shared tables while a
     # tenant schema is active, yet the shared tables are what this reports on.
     result = []
-    for model in _tenant_models():
+    for model in tenant_models():
         with connections[alias].cursor() as cursor:
             cursor.execute(sql.TABLE_SECURITY, [sql.POLICY_NAME, model._meta.db_table])
             row = cursor.fetchone()

@@ -8,7 +8,7 @@ from django.test import override_settings
 
 from data_arch import conf
 from data_arch.routing import NoHealthyReplica, health_of, reset_health
-from data_arch.routing.router import ReplicaRouter, is_write
+from data_arch.routing import ReplicaRouter, is_write
 from tests.routing.conftest import ROUTED
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:UserWarning")

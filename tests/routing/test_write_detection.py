@@ -2,7 +2,7 @@
 
 import pytest
 
-from data_arch.routing.router import is_write
+from data_arch.routing import is_write
 
 
 @pytest.mark.parametrize(
