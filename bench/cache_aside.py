@@ -85,7 +85,7 @@ def per_read_us(read, n=3000):
 
 
 def main():
-    from data_arch.testing.services import start_services
+    from harness.services import start_services
 
     with start_services(replica=False) as services:
         os.environ.update(services.environ())

@@ -24,7 +24,6 @@ Nothing is installed by importing a module. :func:`install` connects:
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -80,9 +79,12 @@ def install() -> None:
     from data_arch.partitioning import schema
 
     schema.install()
-    if importlib.util.find_spec("celery") is not None:
-        from data_arch.routing import celery as routing_celery
-        from data_arch.tenancy import celery as tenancy_celery
+    try:
+        import celery  # noqa: F401 -- the Celery hooks exist only where Celery does
+    except ImportError:
+        return
+    from data_arch.routing import celery as routing_celery
+    from data_arch.tenancy import celery as tenancy_celery
 
-        tenancy_celery.install()
-        routing_celery.install()
+    tenancy_celery.install()
+    routing_celery.install()

@@ -61,7 +61,7 @@ def bootstrap() -> None:
 
 
 def postgres_choices() -> list[str]:
-    from data_arch.testing.services import ServiceError, find_postgres
+    from harness.services import ServiceError, find_postgres
 
     wanted = os.environ.get("DATA_ARCH_POSTGRES")
     if wanted:
@@ -78,7 +78,7 @@ def postgres_choices() -> list[str]:
 
 
 def run_tests(args: list[str]) -> int:
-    from data_arch.testing.services import ServiceError, find_postgres, find_redis_server
+    from harness.services import ServiceError, find_postgres, find_redis_server
 
     if not os.environ.get("REDIS_URL"):
         try:
@@ -127,7 +127,7 @@ def _wait_http(url: str, timeout: float = 60) -> int:
 def run_demo(args: list[str]) -> int:
     import argparse
 
-    from data_arch.testing.services import ServiceError, free_port, start_services
+    from harness.services import ServiceError, free_port, start_services
 
     parser = argparse.ArgumentParser(prog="dev.py demo")
     parser.add_argument("--port", type=int, default=8000)

@@ -16,7 +16,7 @@ from django.core import checks
 from django.db import connections
 from django.test import override_settings
 
-from data_arch.testing import services
+from harness import services
 from example_project.shop.tasks import ping
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_example_settings_follow_the_environment():
 def test_harness_stops_everything_it_started_on_sigterm():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "data_arch.testing.services"],
+        [sys.executable, "-m", "harness.services"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     urls = {}
@@ -166,7 +166,7 @@ def test_harness_stops_everything_it_started_on_sigterm():
 def test_servers_of_a_killed_harness_are_reaped_by_the_next_one():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "data_arch.testing.services", "--no-replica"],
+        [sys.executable, "-m", "harness.services", "--no-replica"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )
     port = None

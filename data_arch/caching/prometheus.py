@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from data_arch.caching import metrics
+from data_arch.extras import require
 
 _installed: dict[int, Any] = {}
 
 
 def install(registry: Any = None) -> Any:
     """Register the cache metrics in ``registry`` (default: the global one); idempotent."""
-    from prometheus_client import REGISTRY, Counter, Histogram
+    client = require("prometheus_client", "data_arch.caching.prometheus")
+    REGISTRY, Counter, Histogram = client.REGISTRY, client.Counter, client.Histogram  # noqa: N806
 
     registry = registry if registry is not None else REGISTRY
     if id(registry) in _installed:

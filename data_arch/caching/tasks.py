@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from celery import shared_task
-
 from data_arch.caching.warmers import warm_tenants
+from data_arch.extras import require
+
+shared_task = require("celery", "data_arch.caching.tasks").shared_task
 
 
 @shared_task(name="data_arch.caching.warm_caches", ignore_result=False)

@@ -1,18 +1,19 @@
-"""pytest plugin: real services for a Django project's tests.
+"""pytest plugin: fixtures for a Django project's tests against real services.
 
 Enable with ``-p data_arch.testing.pytest_plugin`` (or ``pytest_plugins = [...]`` in the root
-conftest). Before Django's settings are imported it starts a PostgreSQL primary, a streaming
-replica and Redis with :mod:`data_arch.testing.services` -- or uses ``DATABASE_URL``,
-``REPLICA_URL`` and ``REDIS_URL`` when set -- and exports those three variables, so settings
-that read them (as the example project's do) reach the throwaway servers.
+conftest). It starts nothing: point ``DATABASE_URL``, ``REPLICA_URL`` and ``REDIS_URL`` at the
+servers your tests use (your settings read them), or let a launcher started earlier in the same
+run register what it started with :func:`register_services`.
 
 Fixtures:
 
-* ``data_arch_services`` -- the :class:`~data_arch.testing.services.Services` in use;
+* ``data_arch_services`` -- the services in use (URLs, and the server handles when a launcher
+  registered them);
 * ``streaming_replica``  -- the same, skipping the test when there is no separate standby;
 * ``wait_for_replica``   -- a function that waits until the replica has replayed the primary;
 * ``redis_cache``        -- the default django-redis cache, flushed before the test;
 * ``celery_worker``      -- a real ``celery worker`` process on the test database (session);
+* ``replica_replay_paused`` -- replay paused on the replica for the test, always resumed.
 """
 
 from __future__ import annotations
@@ -22,13 +23,41 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from data_arch.testing import services as _services
 
-_STARTED: _services.Services | None = None
+@dataclass(frozen=True)
+class ServiceURLs:
+    """The services given by environment variables."""
+
+    database_url: str
+    replica_url: str
+    redis_url: str
+
+    @property
+    def has_streaming_replica(self) -> bool:
+        return self.replica_url not in ("", self.database_url)
+
+    def environ(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REPLICA_URL": self.replica_url,
+            "REDIS_URL": self.redis_url,
+        }
+
+
+_REGISTERED: Any = None
+
+
+def register_services(services: Any) -> None:
+    """Make ``services`` (an object with ``database_url``, ``replica_url``, ``redis_url`` and
+    ``has_streaming_replica``) what ``data_arch_services`` returns; None to unregister."""
+    global _REGISTERED
+    _REGISTERED = services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,48 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "Celery app (the -A argument) the celery_worker fixture starts",
         default="",
     )
-    parser.addoption(
-        "--no-data-arch-services",
-        action="store_true",
-        help="do not start PostgreSQL/Redis; use DATABASE_URL, REPLICA_URL and REDIS_URL as set",
-    )
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_load_initial_conftests(early_config, parser, args):
-    # Runs before pytest-django imports settings, so they see the URLs exported here.
-    global _STARTED
-    if not early_config.known_args_namespace.__dict__.get("no_data_arch_services") and not (
-        os.environ.get("DATA_ARCH_SERVICES_RUNNING")
-    ):
-        try:
-            _STARTED = _services.start_services()
-        except _services.ServiceError as exc:
-            raise pytest.UsageError(f"data_arch could not start test services: {exc}") from exc
-        os.environ.update(_STARTED.environ())
-        os.environ["DATA_ARCH_SERVICES_RUNNING"] = "1"
-    return (yield)
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    if _STARTED is None:
-        return ["data_arch services: from DATABASE_URL / REPLICA_URL / REDIS_URL"]
-    return ["data_arch services:", *("  " + line for line in _STARTED.describe().splitlines())]
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    global _STARTED
-    if _STARTED is not None:
-        _STARTED.stop()
-        _STARTED = None
-        os.environ.pop("DATA_ARCH_SERVICES_RUNNING", None)
 
 
 @pytest.fixture(scope="session")
-def data_arch_services() -> _services.Services:
-    if _STARTED is not None:
-        return _STARTED
-    return _services.Services(
+def data_arch_services() -> Any:
+    if _REGISTERED is not None:
+        return _REGISTERED
+    return ServiceURLs(
         database_url=os.environ.get("DATABASE_URL", ""),
         replica_url=os.environ.get("REPLICA_URL") or os.environ.get("DATABASE_URL", ""),
         redis_url=os.environ.get("REDIS_URL", ""),
@@ -86,7 +80,7 @@ def data_arch_services() -> _services.Services:
 
 
 @pytest.fixture(scope="session")
-def streaming_replica(data_arch_services: _services.Services) -> _services.Services:
+def streaming_replica(data_arch_services: Any) -> Any:
     if not data_arch_services.has_streaming_replica:
         pytest.skip("needs a streaming replica (REPLICA_URL points at the primary)")
     return data_arch_services

@@ -9,7 +9,7 @@ from data_arch.caching import CacheAside, metrics, namespace
 from data_arch.caching.engine import Spec
 from data_arch.caching.keys import argument_digest
 from data_arch.tenancy import Tenant
-from data_arch.testing.services import start_redis_cluster
+from harness.services import start_redis_cluster
 
 pytestmark = pytest.mark.slow
 

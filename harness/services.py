@@ -364,7 +364,7 @@ class PostgresServer:
             )
         with open(self.datadir / "pg_hba.conf", "w") as hba:
             hba.write(
-                "# throwaway loopback-only cluster started by data_arch.testing.services\n"
+                "# throwaway loopback-only cluster started by harness.services\n"
                 "host all all 127.0.0.1/32 trust\n"
                 "host replication all 127.0.0.1/32 trust\n"
             )
@@ -719,7 +719,7 @@ def _wait_for_standby(url: str, timeout: float = 60) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m data_arch.testing.services``: start services, print them, wait for Ctrl-C."""
+    """``python -m harness.services``: start services, print them, wait for Ctrl-C."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,0 +1,58 @@
+"""pytest plugin: start the harness's services before Django's settings are imported.
+
+Enabled with ``-p harness.pytest_plugin`` (the project's pytest configuration does). It starts
+a PostgreSQL primary, a streaming replica and Redis with :mod:`harness.services` -- each of
+``DATABASE_URL``, ``REPLICA_URL`` and ``REDIS_URL`` that is set is checked and used instead --
+exports the three variables and registers the servers with
+:mod:`data_arch.testing.pytest_plugin`, whose fixtures the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from data_arch.testing import pytest_plugin as fixtures
+from harness import services as _services
+
+_STARTED: _services.Services | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-data-arch-services",
+        action="store_true",
+        help="do not start PostgreSQL/Redis; use DATABASE_URL, REPLICA_URL and REDIS_URL as set",
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # Runs before pytest-django imports settings, so they see the URLs exported here.
+    global _STARTED
+    wanted = not early_config.known_args_namespace.__dict__.get("no_data_arch_services")
+    if wanted and not os.environ.get("DATA_ARCH_SERVICES_RUNNING"):
+        try:
+            _STARTED = _services.start_services()
+        except _services.ServiceError as exc:
+            raise pytest.UsageError(f"could not start the test services: {exc}") from exc
+        os.environ.update(_STARTED.environ())
+        os.environ["DATA_ARCH_SERVICES_RUNNING"] = "1"
+        fixtures.register_services(_STARTED)
+    return (yield)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if _STARTED is None:
+        return ["services: from DATABASE_URL / REPLICA_URL / REDIS_URL"]
+    return ["services:", *("  " + line for line in _STARTED.describe().splitlines())]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _STARTED
+    if _STARTED is not None:
+        _STARTED.stop()
+        _STARTED = None
+        fixtures.register_services(None)
+        os.environ.pop("DATA_ARCH_SERVICES_RUNNING", None)
