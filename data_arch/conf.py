@@ -425,8 +425,28 @@ class CacheSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CelerySettings:
-    #: Queue the data_arch tasks are sent to.
+    #: Queue the data_arch tasks are sent to (None: Celery's default queue).
     queue: str | None = _field(None, optional_string)
+    #: Seconds between scheduled partition maintenance runs (beat_schedule()).
+    partitions_interval: float = _field(3600.0, number_between(10, 7 * 86400))
+    #: Seconds between scheduled cache warming runs (None: not scheduled).
+    warm_interval: float | None = _field(300.0, optional(number_between(10, 7 * 86400)))
+    #: Seconds between scheduled replica health refreshes (None: not scheduled).
+    health_interval: float | None = _field(30.0, optional(number_between(1, 86400)))
+    #: Most tenants one job works on at once, across every worker (a Redis semaphore).
+    tenant_concurrency: int = _field(4, int_between(1, 1000))
+    #: Tenants enqueued per batch when a job fans out over every tenant.
+    tenant_batch: int = _field(100, int_between(1, 100_000))
+    #: Seconds of random delay added to each tenant's start, spreading the load.
+    tenant_jitter: float = _field(5.0, number_between(0, 3600))
+    #: Seconds a job's single-flight lease lives without a heartbeat (a dead worker's lapses).
+    lease_seconds: float = _field(300.0, number_between(5, 86400))
+    #: A job without a successful run for this many seconds is reported (data_arch.W010);
+    #: None: twice its interval.
+    stale_after: float | None = _field(None, optional(number_between(60, 30 * 86400)))
+
+    def stale_seconds(self, interval: float) -> float:
+        return self.stale_after if self.stale_after is not None else 2 * interval
 
 
 def tenancy_settings() -> TenancySettings:

@@ -20,6 +20,9 @@ ALLOWED = {
     "routers": {"routing"},
     "checks": {"conf"},
     "testing": {"conf"},
+    "admin": {"models"},
+    "tasks": {"extras", "maintenance"},
+    "maintenance": {"conf", "models", "signals", "routing", "tenancy", "partitioning", "caching"},
 }
 
 

@@ -30,7 +30,10 @@ from data_arch.routing import sql
 from data_arch.routing.lsn import parse_lsn
 from data_arch.routing.wal import note_replayed
 
-__all__ = ["ReplicaHealth", "health_of", "last_verdict", "mark_unhealthy", "probe", "reset_health"]
+__all__ = [
+    "ReplicaHealth", "health_of", "last_verdict", "mark_unhealthy", "probe", "refresh",
+    "reset_health",
+]
 
 logger = logging.getLogger("data_arch.routing")
 
@@ -217,6 +220,11 @@ def probe(alias: str, primary: str) -> ReplicaHealth:
     except Exception as exc:  # noqa: BLE001 -- an alias Django cannot build a connection for
         return ReplicaHealth(alias, False, f"cannot connect: {exc}", checked_at=time.monotonic())
     return _bounded(alias, primary, params)
+
+
+def refresh(alias: str, primary: str) -> ReplicaHealth:
+    """Probe ``alias`` now and keep the verdict (a scheduled refresh; waits for the probe)."""
+    return _store(alias, probe(alias, primary))
 
 
 def _bounded(alias: str, primary: str, params: Any) -> ReplicaHealth:
