@@ -17,6 +17,7 @@ from django.test import override_settings
 from django_tenants.utils import schema_context
 
 from data_arch.partitioning import apply, plan, sql
+from data_arch.partitioning.months import add_months, month_start
 from example_project.events.models import Event
 from tests.partitioning.conftest import TABLE
 
@@ -100,7 +101,7 @@ def test_twelve_months_created_under_update_by_pk_streams_and_a_long_reader(even
     """The deadlock case: ``UPDATE ... WHERE id = %s`` locks the parent, then every partition
     (the default last); with a 2 s reader on the parent and ``LOCK_TIMEOUT_MS=2000``, an attach
     that locked the default before the parent deadlocked with it."""
-    apply(plan(models_=["events.Event"], ahead=0))
+    apply(plan(models_=["events.Event"], ahead=1))
     ids = [
         e.pk
         for e in Event.objects.bulk_create(
@@ -115,7 +116,7 @@ def test_twelve_months_created_under_update_by_pk_streams_and_a_long_reader(even
         holding.wait(5)
         try:
             with override_settings(DATA_ARCH=settings):
-                result = apply(plan(models_=["events.Event"], ahead=12))
+                result = apply(plan(models_=["events.Event"], ahead=13))
         finally:
             reader.join()
         time.sleep(0.2)
@@ -181,8 +182,9 @@ class MonthCounter:
         self.thread.join()
 
 
-FAR = dt.datetime(2031, 3, 1, tzinfo=dt.UTC)  # beyond every partition: rows land in the default
-FAR_END = dt.datetime(2031, 4, 1, tzinfo=dt.UTC)
+# Three months ahead: beyond the partitions made with ahead=1, so its rows land in the default.
+FAR = add_months(month_start(dt.datetime.now(dt.UTC)), 3)
+FAR_END = add_months(FAR, 1)
 
 
 @pytest.mark.slow
@@ -193,7 +195,7 @@ def test_draining_200000_rows_never_hides_them_from_a_reader(events):
     assert before[0] == 200_000
     with MonthCounter(events, FAR, FAR_END) as counter:
         time.sleep(0.05)
-        result = apply(plan(models_=["events.Event"], ahead=1))
+        result = apply(plan(models_=["events.Event"], ahead=3))
         time.sleep(0.05)
     assert getattr(result, "failures", []) == []
     assert counter.errors == []
@@ -213,7 +215,7 @@ from data_arch.partitioning import apply, plan
 from data_arch.tenancy import resolve_tenant, tenant_context
 with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 500}}):
     with tenant_context(resolve_tenant("tenant_a")):
-        apply(plan(models_=["events.Event"], ahead=1))
+        apply(plan(models_=["events.Event"], ahead=3))
 """
 
 
@@ -264,7 +266,7 @@ def test_kill_9_in_the_middle_of_a_drain_then_rerun_keeps_every_row(events):
 
         report = status()[0]
         assert staging in getattr(report, "staging", {}), report
-        result = apply(plan(models_=["events.Event"], ahead=1))
+        result = apply(plan(models_=["events.Event"], ahead=3))
         time.sleep(0.05)
     assert getattr(result, "failures", []) == []
     assert counter.errors == []
