@@ -99,6 +99,8 @@ class TablePlan:
     default: str | None = None
     #: the parent's insertable (not generated) columns
     columns: tuple[str, ...] = ()
+    #: the problems that keep an action from being planned (apply reports them as failures)
+    blocked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +113,7 @@ class TablePlan:
             "mode": self.mode,
             "actions": [a.to_dict() for a in self.actions],
             "problems": list(self.problems),
+            "blocked": list(self.blocked),
         }
 
 
@@ -519,6 +522,7 @@ def _table_plan(
     return table_plan(
         actions,
         problems,
+        blocked=tuple(p for p in problems if p.startswith("cannot ")),
         referenced=referenced,
         default=default,
         columns=tuple(catalog.columns(using, schema, table)),

@@ -103,6 +103,15 @@ class Command(TenantCommand):
         )
         self._print_plans(list(plans.values()), options["format"])
         pending = any(p.pending for p in plans.values())
+        if action == "apply" and not options["dry_run"]:
+            # What the plan could not include (a name taken, a dependent view) is a failure.
+            failures.extend(
+                f"{getattr(selected[i], 'schema_name', None) or 'public'}: "
+                f"{t.schema}.{t.table}: {blocked}"
+                for i, p in plans.items()
+                for t in p.tables
+                for blocked in t.blocked
+            )
         if action == "plan" or options["dry_run"] or not pending:
             self._finish(failures)
             if action == "plan" and pending:
@@ -144,6 +153,7 @@ class Command(TenantCommand):
         for position, result in results.items():
             where = getattr(targets[position], "schema_name", None) or "public"
             failures.extend(f"{where}: {f}" for f in result.failures)
+
         done = sum(len(r.done) for r in results.values())
         moved = sum(r.rows_moved for r in results.values())
         self.stdout.write(
