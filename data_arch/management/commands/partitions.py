@@ -72,9 +72,13 @@ class Command(TenantCommand):
                     raise CommandError(f"--{flag} only applies to plan and apply")
         try:
             validate_months(options["ahead"], options["retain"])
-            resolve_models(options["model"])
         except PartitionError as exc:
             raise CommandError(str(exc)) from None
+        try:
+            resolve_models(options["model"])
+        except PartitionError as exc:
+            message = str(exc)
+            raise CommandError(message if message.startswith("--") else f"--model: {message}") from None
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._validate(options)
