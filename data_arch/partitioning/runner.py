@@ -311,6 +311,9 @@ def _create_once(
                                f"{action.end:%Y-%m-%d})")
     clash = _name_clash(using, schema, table.table, name)
     if clash:
+        fresh = catalog.read_table(using, schema, table.table, table.column)
+        if fresh and any(p.start == action.start and p.end == action.end for p in fresh.ranged):
+            return False  # a concurrent run attached it since our read
         raise MaintenanceError(clash)
     staged = catalog.relation(using, schema, name) is not None
     default = state.default.name if state.default else None
