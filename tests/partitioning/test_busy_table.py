@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK_TIMEOUT_MS = 2000
 
 
+@pytest.fixture(autouse=True)
+def replica_replays_the_load(events):
+    """These tests write a lot of WAL: let the streaming replica catch up before the next test."""
+    yield
+    from data_arch.testing.pytest_plugin import replica_caught_up
+
+    replica_caught_up(timeout=120)
+
+
 class Streams:
     """Threads sending one kind of statement each, in a loop, from their own connections."""
 

@@ -13,6 +13,7 @@ from django_tenants.utils import schema_context
 from data_arch.partitioning import apply, plan, sql, status
 from data_arch.partitioning.checks import check_declarations, check_partition_health
 from tests.partitioning.conftest import NOW, TABLE, partitions
+from tests.partitioning.test_public_schema import audit  # noqa: F401 -- the fixture
 
 
 def at(year: int, month: int, day: int = 1) -> dt.datetime:
@@ -268,3 +269,35 @@ def test_a_detached_or_archived_partition_no_longer_blocks_deleting_referenced_r
     assert ok(result), result
     Customer.objects.filter(pk=customer.pk).delete()  # the erasure of a customer still works
     assert not Customer.objects.filter(pk=customer.pk).exists()
+
+
+# ----------------------------------------------------------------- archive schemas and tenants
+
+
+def test_a_tenant_archive_schema_is_a_name_no_tenant_can_take(events):
+    from data_arch.conf import partition_settings
+    from data_arch.partitioning.plan import archive_schema_for
+    from data_arch.tenancy import InvalidTenantError, validate_schema_name
+
+    target = archive_schema_for("ten02", partition_settings())
+    assert target == "ten02;archive"
+    with pytest.raises(InvalidTenantError):
+        validate_schema_name(target)  # so `ten02_archive` or any other signup can never be it
+
+
+def test_shared_partitions_are_not_archived_into_a_tenants_schema(audit):  # noqa: F811
+    from example_project.customers.models import Client
+
+    # A tenant row whose schema name is the archive schema (bulk_create: no schema is made).
+    Client.objects.bulk_create([Client(schema_name="archive", name="archive")])
+    try:
+        apply(plan(models_=["audit.AuditEntry"], ahead=8, now=at(2025, 5, 1)))
+        the_plan = plan(models_=["audit.AuditEntry"], now=at(2026, 6, 15))
+        assert not [a for a in the_plan.tables[0].actions if a.kind == "archive"]
+        assert any("is a tenant's schema" in p for p in the_plan.tables[0].problems)
+        apply(the_plan)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regnamespace('archive') IS NULL")
+            assert cursor.fetchone()[0]
+    finally:
+        Client.objects.filter(schema_name="archive").delete()
