@@ -47,6 +47,7 @@ __all__ = [
     "Services",
     "find_postgres",
     "find_redis_server",
+    "start_pgbouncer",
     "start_services",
 ]
 
@@ -852,6 +853,90 @@ def start_redis_cluster(nodes: int = 3) -> RedisCluster:
     cluster = RedisCluster(find_redis_server(), workdir, nodes)
     cluster.start()
     return cluster
+
+
+class PgBouncer:
+    """A PgBouncer in front of one PostgreSQL server, forwarding every database name."""
+
+    def __init__(self, executable: str, workdir: Path, server_port: int, pool_mode: str,
+                 pool_size: int) -> None:
+        self.executable = executable
+        self.workdir = workdir
+        self.server_port = server_port
+        self.port = free_port()
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.user = _service_user()  # PgBouncer, like PostgreSQL, refuses to run as root
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        ini = self.workdir / "pgbouncer.ini"
+        (self.workdir / "userlist.txt").write_text(f'"{SUPERUSER}" ""\n')
+        ini.write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.workdir / 'userlist.txt'}\n"
+            f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.pool_size}\n"
+            "max_client_conn = 200\nignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.workdir / 'pgbouncer.log'}\n"
+        )
+        os.chmod(self.workdir, 0o755)
+        cmd = [self.executable, str(ini)]
+        if self.user is not None:
+            shutil.chown(self.workdir, self.user)
+            for path in self.workdir.iterdir():
+                shutil.chown(path, self.user)
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = self.workdir / "pgbouncer.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise ServiceError(f"pgbouncer exited with {self.process.returncode}\n{tail}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"pgbouncer did not listen on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> PgBouncer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size: int = 1) -> PgBouncer:
+    """Start a throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of the server on
+    ``server_port``; the caller stops it. Raises ServiceError when pgbouncer is not installed."""
+    executable = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if executable is None:
+        raise ServiceError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+    bouncer = PgBouncer(
+        executable, Path(tempfile.mkdtemp(prefix="data_arch-pgbouncer-")), server_port,
+        pool_mode, pool_size,
+    )
+    bouncer.start()
+    return bouncer
 
 
 if __name__ == "__main__":

@@ -5,26 +5,31 @@ from data_arch.partitioning.declaration import (
     partitioned_models,
     partitioning_of,
 )
-from data_arch.partitioning.maintenance import (
-    Action,
-    ApplyResult,
-    PartitionError,
-    Plan,
-    TablePlan,
-    apply,
-    plan,
-    status,
-)
 from data_arch.partitioning.operations import AddIndexConcurrently
+from data_arch.partitioning.plan import Action, PartitionError, Plan, Step, TablePlan, plan
+from data_arch.partitioning.runner import (
+    ApplyResult,
+    Failure,
+    MaintenanceBusy,
+    MaintenanceError,
+    apply,
+)
+from data_arch.partitioning.status import PartitionStatus, TableStatus, status
 
 __all__ = [
     "Action",
     "AddIndexConcurrently",
     "ApplyResult",
+    "Failure",
+    "MaintenanceBusy",
+    "MaintenanceError",
     "MonthlyPartitioning",
     "PartitionError",
+    "PartitionStatus",
     "Plan",
+    "Step",
     "TablePlan",
+    "TableStatus",
     "apply",
     "partitioned_models",
     "partitioning_of",

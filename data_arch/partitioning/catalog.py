@@ -20,14 +20,22 @@ __all__ = ["Partition", "TableState", "read_table"]
 _BOUND_RE = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)\s*$")
 
 
+#: Where a bound beyond year 9999 (PostgreSQL allows it, Python's datetime does not) is placed.
+FAR_FUTURE = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
+
+
 @dataclasses.dataclass(frozen=True)
 class Partition:
     name: str
-    start: dt.datetime | None  # None: MINVALUE
-    end: dt.datetime | None  # None: MAXVALUE
+    start: dt.datetime | None  # None: MINVALUE or -infinity
+    end: dt.datetime | None  # None: MAXVALUE, infinity or beyond year 9999
     is_default: bool = False
     size_bytes: int = 0
     estimated_rows: int = 0
+    #: pg_class.relkind: "r" a table, "p" itself partitioned, "f" a foreign table
+    kind: str = "r"
+    #: an interrupted ``DETACH ... CONCURRENTLY`` left it pending (pg_inherits.inhdetachpending)
+    detach_pending: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +59,18 @@ class TableState:
         )
 
     def gaps_and_overlaps(self) -> list[str]:
-        problems = []
+        problems = [
+            f"{p.name} is {'a foreign table' if p.kind == 'f' else 'itself partitioned'}: "
+            "maintenance leaves it alone"
+            for p in self.partitions
+            if p.kind != "r"
+        ]
+        problems += [
+            f"{p.name} is pending detach (an interrupted DETACH ... CONCURRENTLY): "
+            "apply finishes it with DETACH ... FINALIZE"
+            for p in self.partitions
+            if p.detach_pending
+        ]
         ranged = self.ranged
         for previous, current in itertools.pairwise(ranged):
             if previous.end is None or current.start is None:
@@ -65,11 +84,17 @@ class TableState:
         return problems
 
 
-def _parse_bound(text: str) -> dt.datetime | None:
-    text = text.strip()
-    if text.upper() == "MINVALUE" or text.upper() == "MAXVALUE":
+def _parse_bound(text: str, *, upper: bool) -> dt.datetime | None:
+    text = text.strip().strip("'")
+    if text.upper() in ("MINVALUE", "MAXVALUE", "INFINITY", "-INFINITY"):
         return None
-    value = dt.datetime.fromisoformat(text.strip("'"))
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        # Years past 9999 (or a BC date) are legal bounds that datetime cannot hold.
+        if text.endswith(" BC") or text.startswith("-"):
+            return None
+        return None if upper else FAR_FUTURE
     if value.tzinfo is None:  # a timestamp without time zone column: read as UTC
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
@@ -81,7 +106,11 @@ def parse_bounds(expression: str) -> tuple[bool, dt.datetime | None, dt.datetime
     match = _BOUND_RE.match(expression.strip())
     if not match:
         raise ValueError(f"unexpected partition bound {expression!r}")
-    return False, _parse_bound(match.group(1)), _parse_bound(match.group(2))
+    return (
+        False,
+        _parse_bound(match.group(1), upper=False),
+        _parse_bound(match.group(2), upper=True),
+    )
 
 
 def current_schema(using: str) -> str:
@@ -118,13 +147,15 @@ def read_table(
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
-            "GREATEST(c.reltuples, 0)::bigint FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s",
+            "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending "
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
             [oid],
         )
-        for name, bound, size, rows in cursor.fetchall():
+        for name, bound, size, rows, kind, pending in cursor.fetchall():
             is_default, start, end = parse_bounds(bound)
-            partitions.append(Partition(name, start, end, is_default, size, rows))
+            partitions.append(
+                Partition(name, start, end, is_default, size, rows, kind, bool(pending))
+            )
         default = next((p for p in partitions if p.is_default), None)
         default_rows = 0
         if default is not None:
@@ -162,7 +193,8 @@ def default_row_months(
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             f"SELECT date_trunc('month', {sql.quote(column)}), count(*) FROM "
-            f"{sql.qualified(schema, default)} WHERE {sql.quote(column)} IS NOT NULL GROUP BY 1"
+            f"{sql.qualified(schema, default)} WHERE {sql.quote(column)} >= '0001-01-01+00' "
+            f"AND {sql.quote(column)} < '9999-12-01+00' GROUP BY 1"
         )
         return {month.astimezone(dt.UTC): count for month, count in cursor.fetchall()}
 
@@ -174,5 +206,126 @@ def columns(using: str, schema: str, table: str) -> list[str]:
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
             "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
             [schema, table],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def primary_key_columns(using: str, schema: str, table: str) -> list[str]:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+            "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary "
+            "ORDER BY array_position(x.indkey::int2[], a.attnum)",
+            [sql.qualified(schema, table)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def referenced_tables(using: str, schema: str, table: str) -> list[str]:
+    """Tables the parent's foreign keys point at, qualified and quoted, in a stable order.
+
+    ATTACH validates the new partition's foreign keys and so locks these tables too.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT c.confrelid, n.nspname, r.relname FROM pg_constraint c "
+            "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace "
+            "WHERE c.conrelid = %s::regclass AND c.contype = 'f' AND c.confrelid <> c.conrelid "
+            "ORDER BY 1",
+            [sql.qualified(schema, table)],
+        )
+        return [sql.qualified(nsp, rel) for _, nsp, rel in cursor.fetchall()]
+
+
+def foreign_keys(using: str, schema: str, table: str) -> list[str]:
+    """Names of the foreign-key constraints a (detached) table carries."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f' "
+            "ORDER BY conname",
+            [sql.qualified(schema, table)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def relation(using: str, schema: str, name: str) -> tuple[str, bool] | None:
+    """(relkind, relispartition) of ``schema.name``, or None when no relation has that name."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            [schema, name],
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def column_signature(using: str, schema: str, table: str) -> list[tuple[str, str, str, bool]]:
+    """(name, type, generated, not null) per live column: what a staging table must match."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated, a.attnotnull "
+            "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped ORDER BY a.attnum",
+            [sql.qualified(schema, table)],
+        )
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def has_constraint(using: str, schema: str, table: str, name: str) -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+            [sql.qualified(schema, table), name],
+        )
+        return cursor.fetchone() is not None
+
+
+def has_trigger(using: str, schema: str, table: str, name: str) -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
+            [sql.qualified(schema, table), name],
+        )
+        return cursor.fetchone() is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingTable:
+    """A table apply built for a month and has not attached yet (a drain in progress)."""
+
+    name: str
+    rows: int
+
+
+def staging_tables(using: str, schema: str, table: str) -> list[StagingTable]:
+    """Standalone tables named like the table's partitions that still carry the bounds CHECK."""
+    prefix = sql.partition_name(table, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))[: -len("2000_01")]
+    found = []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT c.relispartition "
+            "AND left(c.relname, %s) = %s AND length(c.relname) = %s ORDER BY 1",
+            [schema, len(prefix), prefix, len(prefix) + len("2000_01")],
+        )
+        names = [row[0] for row in cursor.fetchall()]
+        for name in names:
+            if not has_constraint(using, schema, name, sql.constraint_name(name, "_bounds")):
+                continue  # a detached partition, not a staging table
+            cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, name)}")
+            found.append(StagingTable(name, cursor.fetchone()[0]))
+    return found
+
+
+def dependent_objects(using: str, schema: str, name: str) -> list[str]:
+    """Views and other objects that depend on ``schema.name`` (a DROP without CASCADE fails)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
+            "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass "
+            "AND v.oid <> d.refobjid ORDER BY 1",
+            [sql.qualified(schema, name)],
         )
         return [row[0] for row in cursor.fetchall()]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import zlib
 
 __all__ = ["default_name", "fit_name", "partition_name", "qualified", "quote"]
 
 MAX_IDENTIFIER = 63
+
+#: First key of every advisory lock partition maintenance takes.
+LOCK_CLASS = zlib.crc32(b"data_arch.partitions") & 0x7FFFFFFF
 
 
 def quote(name: str) -> str:
@@ -61,7 +65,7 @@ def create_standalone(
         (
             f"CREATE TABLE {qualified(schema, name)} (LIKE {qualified(schema, parent)} "
             "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS "
-            "INCLUDING INDEXES INCLUDING STATISTICS)"
+            "INCLUDING INDEXES INCLUDING STATISTICS INCLUDING GENERATED)"
         ),
         (
             f"ALTER TABLE {qualified(schema, name)} ADD CONSTRAINT {quote(check)} CHECK "
@@ -85,22 +89,145 @@ def drop_bounds_check(schema: str, name: str) -> str:
     )
 
 
-def lock_for_attach(schema: str, parent: str, default: str) -> tuple[str, str]:
-    """Locks taken before the final move + ATTACH, default partition first.
+def lock_timeout(milliseconds: int) -> str:
+    return f"SET LOCAL lock_timeout = '{int(milliseconds)}ms'"
 
-    ACCESS EXCLUSIVE on the default (ATTACH takes it anyway) is waited for while holding nothing
-    on the parent, so writers of existing months never queue behind a wait for a slow reader of
-    the default. Then SHARE ROW EXCLUSIVE on the parent holds writers back (readers go on) for
-    the few milliseconds of the final move and ATTACH: an insert already routed to the default
-    would otherwise fail its partition constraint once ATTACH commits.
+
+def try_table_lock(schema: str, table: str) -> str:
+    """A transaction-scoped try-lock per (schema, table): safe behind a transaction pooler."""
+    key = zlib.crc32(f"{schema}.{table}".encode()) - 2**31
+    return f"SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, {key})"
+
+
+def lock_in_dml_order(
+    schema: str, parent: str, default: str | None, referenced: list[str], parent_mode: str
+) -> list[str]:
+    """Locks for a step that changes the partition set, in the order DML takes them.
+
+    Tables the parent references come first (an ATTACH validates foreign keys under SHARE ROW
+    EXCLUSIVE on them, and a delete there locks them before it reaches our table), then the
+    parent, then the default partition: ``UPDATE ... WHERE id = %s`` locks the parent and then
+    every partition, the default last. Taking them in any other order is a deadlock.
     """
+    statements = [f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE" for name in referenced]
+    statements.append(f"LOCK TABLE ONLY {qualified(schema, parent)} IN {parent_mode} MODE")
+    if default is not None:
+        statements.append(f"LOCK TABLE {qualified(schema, default)} IN ACCESS EXCLUSIVE MODE")
+    return statements
+
+
+def capture_name(name: str) -> str:
+    return fit_name(name, "_capture")
+
+
+def changes_name(name: str) -> str:
+    return fit_name(name, "_changes")
+
+
+def _in_range(row: str, column: str, start: dt.datetime, end: dt.datetime) -> str:
     return (
-        f"LOCK TABLE {qualified(schema, default)} IN ACCESS EXCLUSIVE MODE",
-        f"LOCK TABLE ONLY {qualified(schema, parent)} IN SHARE ROW EXCLUSIVE MODE",
+        f"{row}.{quote(column)} >= {literal(start)} AND {row}.{quote(column)} < {literal(end)}"
     )
 
 
-def drain_batch(
+def _row(prefix: str, columns: list[str]) -> str:
+    return "(" + ", ".join(f"{prefix}.{quote(c)}" for c in columns) + ")"
+
+
+def create_capture(
+    schema: str,
+    default: str,
+    name: str,
+    key: list[str],
+    column: str,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> list[str]:
+    """Record the key of every row of [start, end) the default gains, changes or loses.
+
+    Installed before the copy starts, so the final swap re-copies exactly those rows. SECURITY
+    DEFINER: the application role that writes the default needs no rights on the change table.
+    """
+    changes, function = qualified(schema, changes_name(name)), qualified(schema, capture_name(name))
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {changes} AS SELECT {keys} FROM "
+        f"{qualified(schema, default)} WITH NO DATA",
+        (
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$ BEGIN "
+            f"IF TG_OP <> 'INSERT' THEN IF {_in_range('OLD', column, start, end)} THEN "
+            f"INSERT INTO {changes} VALUES {_row('OLD', key)}; END IF; END IF; "
+            f"IF TG_OP <> 'DELETE' THEN IF {_in_range('NEW', column, start, end)} THEN "
+            f"INSERT INTO {changes} VALUES {_row('NEW', key)}; END IF; END IF; "
+            "RETURN NULL; END $body$"
+        ),
+        (
+            f"CREATE TRIGGER {quote(capture_name(name))} AFTER INSERT OR UPDATE OR DELETE ON "
+            f"{qualified(schema, default)} FOR EACH ROW EXECUTE FUNCTION {function}()"
+        ),
+    ]
+
+
+def copy_batch(
+    schema: str,
+    default: str,
+    name: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    batch: int,
+) -> str:
+    """Copy the next ``batch`` rows of [start, end), in key order, from the default into ``name``.
+
+    The rows stay in the default (readers keep seeing them); the copy resumes after the highest
+    key already in ``name``, so an interrupted drain goes on where it stopped.
+    """
+    cols = ", ".join(quote(c) for c in columns)
+    order = ", ".join(f"{quote(c)} DESC" for c in key)
+    target = qualified(schema, name)
+    last = f"(SELECT {', '.join(quote(c) for c in key)} FROM {target} ORDER BY {order} LIMIT 1)"
+    return (
+        f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {qualified(schema, default)} d "
+        f"WHERE {_in_range('d', column, start, end)} AND (NOT EXISTS (SELECT 1 FROM {target}) "
+        f"OR {_row('d', key)} > {last}) ORDER BY {', '.join('d.' + quote(c) for c in key)} "
+        f"LIMIT {int(batch)}"
+    )
+
+
+def swap(
+    schema: str,
+    default: str,
+    name: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> list[str]:
+    """Under the attach locks: re-copy the rows changed since the copy began, empty the month
+    from the default, and remove the capture (ATTACH follows in the same transaction)."""
+    cols = ", ".join(quote(c) for c in columns)
+    target, source = qualified(schema, name), qualified(schema, default)
+    changes = qualified(schema, changes_name(name))
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
+        (
+            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
+            f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
+            f"(SELECT {keys} FROM {changes})"
+        ),
+        f"DELETE FROM {source} d WHERE {_in_range('d', column, start, end)}",
+        f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+        f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
+        f"DROP TABLE {changes}",
+    ]
+
+
+def move_all(
     schema: str,
     default: str,
     target: str,
@@ -108,25 +235,24 @@ def drain_batch(
     columns: list[str],
     start: dt.datetime,
     end: dt.datetime,
-    batch: int | None,
 ) -> str:
-    """Move up to ``batch`` rows of [start, end) from the default into ``target``, atomically.
-
-    ``batch=None`` moves every such row; only for use under the attach locks, where no row lock
-    can be held by anyone else.
-    """
+    """Move every row of [start, end) from the default into ``target`` in one statement."""
     cols = ", ".join(quote(c) for c in columns)
-    if batch is None:
-        return (
-            f"WITH moved AS (DELETE FROM {qualified(schema, default)} WHERE {quote(column)} >= "
-            f"{literal(start)} AND {quote(column)} < {literal(end)} RETURNING {cols}) "
-            f"INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
-        )
     return (
-        f"WITH moved AS (DELETE FROM {qualified(schema, default)} WHERE ctid = ANY(ARRAY("
-        f"SELECT ctid FROM {qualified(schema, default)} WHERE {quote(column)} >= {literal(start)} "
-        f"AND {quote(column)} < {literal(end)} LIMIT {int(batch)} FOR UPDATE SKIP LOCKED)) "
-        f"RETURNING {cols}) INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
+        f"WITH moved AS (DELETE FROM {qualified(schema, default)} d WHERE "
+        f"{_in_range('d', column, start, end)} RETURNING {cols}) "
+        f"INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
+    )
+
+
+def drop_foreign_key(schema: str, name: str, constraint: str) -> str:
+    return f"ALTER TABLE {qualified(schema, name)} DROP CONSTRAINT {quote(constraint)}"
+
+
+def finalize_detach(schema: str, parent: str, name: str) -> str:
+    return (
+        f"ALTER TABLE {qualified(schema, parent)} DETACH PARTITION {qualified(schema, name)} "
+        "FINALIZE"
     )
 
 

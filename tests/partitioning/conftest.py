@@ -30,7 +30,7 @@ def reset_events(schema: str) -> None:
         )
         for (name,) in cursor.fetchall():
             cursor.execute(f"DROP TABLE {sql.qualified(schema, name)}")
-        cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema + '_archive')} CASCADE")
+        cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema + ';archive')} CASCADE")
         cursor.execute(f"TRUNCATE {sql.qualified(schema, TABLE)}")
 
 

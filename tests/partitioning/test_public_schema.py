@@ -44,7 +44,7 @@ def test_shared_model_partitions_live_in_public_and_archive_to_the_archive_schem
             "WHERE n.nspname = 'archive' AND c.relkind = 'r' ORDER BY 1"
         )
         assert [row[0] for row in cursor.fetchall()] == ["audit_auditentry_p2025_05"]
-    assert status(models_=["audit.AuditEntry"], now=now)[0]["months_ahead"] == 2
+    assert status(models_=["audit.AuditEntry"], now=now)[0].months_ahead == 2
 
 
 @pytest.fixture

@@ -1,0 +1,581 @@
+"""The plan: what maintenance will do, step by step, built from the catalog without changing it.
+
+``plan()`` returns a :class:`Plan` (printable, JSON-serializable, renderable as a ``psql -1``
+script). Each :class:`Action` lists the :class:`Step` objects that ``apply`` executes, in order;
+``apply`` re-checks each step against the catalog and skips what no longer applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+
+from data_arch.conf import PartitionSettings, partition_settings
+from data_arch.partitioning import catalog, sql
+from data_arch.partitioning.declaration import (
+    MonthlyPartitioning,
+    partitioned_models,
+    partitioning_of,
+)
+from data_arch.partitioning.months import MAX_MONTHS, add_months, month_start, subtract_months
+
+__all__ = [
+    "Action",
+    "PartitionError",
+    "create_steps",
+    "Plan",
+    "Step",
+    "TablePlan",
+    "effective_options",
+    "plan",
+    "resolve_models",
+    "validate_months",
+]
+
+RETENTION_KINDS = ("drop", "detach", "archive")
+
+
+class PartitionError(ValueError):
+    """Bad input to partition maintenance (unknown model, bad --ahead/--retain, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One unit ``apply`` runs: a transaction (or, when not ``atomic``, one bare statement)."""
+
+    #: stage, copy, swap, attach, detach, finalize, drop_foreign_keys, drop, archive
+    name: str
+    statements: tuple[str, ...]
+    atomic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sql": list(self.statements), "atomic": self.atomic}
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    #: create (a month's partition, draining the default of its rows), drop, detach or archive
+    kind: str
+    partition: str
+    start: dt.datetime
+    end: dt.datetime
+    #: rows of this month sitting in the default partition when planned
+    default_rows: int = 0
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def statements(self) -> tuple[str, ...]:
+        return tuple(s for step in self.steps for s in step.statements)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "partition": self.partition,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "default_rows": self.default_rows,
+            "steps": [step.to_dict() for step in self.steps],
+            "sql": list(self.statements),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TablePlan:
+    model: str
+    schema: str
+    table: str
+    column: str
+    ahead: int
+    retain: int | None
+    mode: str
+    actions: tuple[Action, ...]
+    problems: tuple[str, ...] = ()
+    #: foreign-key targets of the parent, locked first by every step that attaches
+    referenced: tuple[str, ...] = ()
+    default: str | None = None
+    #: the parent's insertable (not generated) columns
+    columns: tuple[str, ...] = ()
+    #: the problems that keep an action from being planned (apply reports them as failures)
+    blocked: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "schema": self.schema,
+            "table": self.table,
+            "column": self.column,
+            "ahead": self.ahead,
+            "retain": self.retain,
+            "mode": self.mode,
+            "actions": [a.to_dict() for a in self.actions],
+            "problems": list(self.problems),
+            "blocked": list(self.blocked),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    database: str
+    now: dt.datetime
+    tables: tuple[TablePlan, ...]
+
+    @property
+    def pending(self) -> bool:
+        return any(t.actions for t in self.tables)
+
+    @property
+    def has_retention(self) -> bool:
+        return any(a.kind in RETENTION_KINDS for t in self.tables for a in t.actions)
+
+    def without_retention(self) -> Plan:
+        """This plan with its retention actions left out (creation and draining stay)."""
+        tables = tuple(
+            dataclasses.replace(
+                t, actions=tuple(a for a in t.actions if a.kind not in RETENTION_KINDS)
+            )
+            for t in self.tables
+        )
+        return dataclasses.replace(self, tables=tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "now": self.now.isoformat(),
+            "pending": self.pending,
+            "tables": [t.to_dict() for t in self.tables],
+        }
+
+    def sql(self) -> str:
+        """A script for ``psql -1`` (one transaction) doing what ``apply`` does.
+
+        ``apply`` itself commits per step, waits for quiet and retries lock timeouts; the script
+        takes every lock at once and moves rows of the default in one statement, so it is for
+        review, or for running in a maintenance window.
+        """
+        lines: list[str] = []
+        for table in self.tables:
+            for action in table.actions:
+                lines.append(f"-- {table.schema}.{table.table}: {action.kind} {action.partition}")
+                lines.extend(f"{s};" for s in _script(table, action))
+        if not lines:
+            return ""
+        settings = partition_settings()
+        return "\n".join(
+            [
+                "-- partition maintenance; run in one transaction: psql -1 -f this.sql",
+                f"{sql.lock_timeout(settings.lock_timeout_ms)};",
+                *lines,
+            ]
+        )
+
+    def __str__(self) -> str:
+        lines = []
+        for table in self.tables:
+            lines.append(f"{table.model} ({table.schema}.{table.table})")
+            for action in table.actions:
+                extra = (
+                    f", moving {action.default_rows} row(s) from default"
+                    if action.default_rows
+                    else ""
+                )
+                lines.append(
+                    f"  {action.kind:<8} {action.partition}  "
+                    f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
+                )
+            if not table.actions:
+                lines.append("  nothing to do")
+            lines.extend(f"  ! {problem}" for problem in table.problems)
+        return "\n".join(lines) or "no partitioned tables"
+
+
+def _script(table: TablePlan, action: Action) -> list[str]:
+    """The one-transaction form of an action, for :meth:`Plan.sql`."""
+    if action.kind != "create":
+        statements = []
+        for step in action.steps:
+            for statement in step.statements:
+                statements.append(statement.removesuffix(" CONCURRENTLY"))
+        return statements
+    schema, name = table.schema, action.partition
+    statements = [
+        *sql.create_standalone(schema, table.table, name, table.column, action.start, action.end),
+        *sql.lock_in_dml_order(
+            schema,
+            table.table,
+            table.default,
+            list(table.referenced),
+            "ACCESS EXCLUSIVE" if action.default_rows else "SHARE ROW EXCLUSIVE",
+        ),
+    ]
+    if table.default:
+        statements.append(
+            sql.move_all(
+                schema, table.default, name, table.column, list(table.columns),
+                action.start, action.end,
+            )
+        )
+    statements += [
+        sql.attach(schema, table.table, name, action.start, action.end),
+        sql.drop_bounds_check(schema, name),
+    ]
+    return statements
+
+
+def resolve_models(labels: list[str] | None) -> list[type[models.Model]]:
+    if not labels:
+        return partitioned_models()
+    found = []
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            raise PartitionError(f"--model must be app_label.ModelName, got {label!r}")
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            raise PartitionError(f"unknown model {label!r}: use app_label.ModelName") from None
+        if partitioning_of(model) is None:
+            raise PartitionError(
+                f"{label} is not partitioned: add MonthlyPartitioning(field=...) to its Meta.constraints"
+            )
+        found.append(model)
+    return found
+
+
+def effective_options(
+    model: type[models.Model], settings: PartitionSettings, ahead: int | None, retain: int | None
+) -> tuple[int, int | None, str]:
+    """(ahead, retain, mode) for ``model``: arguments, then its declaration, then settings."""
+    declared = partitioning_of(model)
+    assert declared is not None
+    final_ahead = (
+        ahead
+        if ahead is not None
+        else (declared.ahead if declared.ahead is not None else settings.ahead)
+    )
+    final_retain = (
+        retain
+        if retain is not None
+        else (declared.retain if declared.retain is not None else settings.retain)
+    )
+    mode = declared.mode or settings.retention_mode
+    return final_ahead, final_retain, mode
+
+
+def validate_months(ahead: int | None, retain: int | None) -> None:
+    """``--ahead`` 0..1200 (0: the current month only), ``--retain`` 1..1200.
+
+    Nothing ties the two together: the cutoff is ``now - retain``, so months created ahead are
+    never due for retention whatever ``ahead`` is.
+    """
+    for label, value, low in (("ahead", ahead, 0), ("retain", retain, 1)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise PartitionError(f"--{label} must be >= {low}, got {value}")
+        if value > MAX_MONTHS:
+            raise PartitionError(f"--{label} must be <= {MAX_MONTHS} (months), got {value}")
+
+
+def archive_schema_for(schema: str, settings: PartitionSettings) -> str:
+    """Where ``archive`` retention moves a partition of ``schema``.
+
+    A tenant's partitions go to ``<schema>;<ARCHIVE_SCHEMA>``: tenant schema names cannot
+    contain ``;`` (django-tenants and data_arch both refuse it), so no tenant can ever be given
+    another tenant's archive as its own schema. Shared tables archive into ``ARCHIVE_SCHEMA``,
+    which apply refuses to use while a tenant has that schema name.
+    """
+    from data_arch.tenancy.registry import public_schema_name
+
+    if schema == public_schema_name():
+        return settings.archive_schema
+    return sql.fit_name(schema, f";{settings.archive_schema}")
+
+
+def _tenant_schemas() -> set[str]:
+    from data_arch.tenancy.registry import iter_tenants
+
+    try:
+        return {t.schema_name for t in iter_tenants() if getattr(t, "schema_name", None)}
+    except Exception:  # noqa: BLE001 -- no tenant model: no tenant can collide
+        return set()
+
+
+def retention_steps(
+    mode: str,
+    schema: str,
+    parent: str,
+    partition: catalog.Partition,
+    no_default: bool,
+    settings: PartitionSettings,
+    foreign_keys: list[str],
+) -> list[Step]:
+    name = partition.name
+    if partition.detach_pending:
+        steps = [Step("finalize", (sql.finalize_detach(schema, parent, name),))]
+    elif settings.detach_concurrently and no_default:
+        steps = [Step("detach", (sql.detach(schema, parent, name, True),), atomic=False)]
+    else:
+        steps = [Step("detach", (sql.detach(schema, parent, name, False),))]
+    if mode == "drop":
+        steps.append(Step("drop", (sql.drop(schema, name),)))
+        return steps
+    if foreign_keys:
+        # A detached table keeps the foreign keys it inherited: they would block deleting the
+        # referenced rows (a user's erasure) forever. Its own transaction: it locks the
+        # referenced tables, which must never be locked after the parent.
+        steps.append(
+            Step(
+                "drop_foreign_keys",
+                tuple(sql.drop_foreign_key(schema, name, fk) for fk in foreign_keys),
+            )
+        )
+    if mode == "archive":
+        target = archive_schema_for(schema, settings)
+        steps.append(
+            Step("archive", (sql.create_schema(target), sql.set_schema(schema, name, target)))
+        )
+    return steps
+
+
+def create_steps(
+    schema: str,
+    table: str,
+    name: str,
+    column: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    default: str | None,
+    referenced: list[str],
+    key: list[str],
+    columns: list[str],
+    batch: int,
+    *,
+    drain: bool,
+    staged: bool,
+    captured: bool = False,
+) -> list[Step]:
+    """The steps that create one month's partition (see the README's lock table).
+
+    Without rows of the month in the default: one transaction builds the table and attaches
+    it. With rows: ``stage`` builds it and starts capturing changes to the month's rows,
+    ``copy`` copies them in committed batches while they stay visible in the default, and
+    ``swap`` re-copies what changed, empties the month from the default and attaches, in one
+    short transaction under ACCESS EXCLUSIVE on the parent (so no reader plans the query
+    with the old set of partitions and misses the rows).
+    """
+    stage = [] if staged else list(sql.create_standalone(schema, table, name, column, start, end))
+    finish = [sql.attach(schema, table, name, start, end), sql.drop_bounds_check(schema, name)]
+    if not drain:
+        mode = "SHARE ROW EXCLUSIVE" if default else "SHARE UPDATE EXCLUSIVE"
+        return [
+            Step(
+                "attach",
+                (*stage, *sql.lock_in_dml_order(schema, table, default, referenced, mode), *finish),
+            )
+        ]
+    assert default is not None
+    capture = [] if captured else sql.create_capture(schema, default, name, key, column, start, end)
+    steps = []
+    if stage or capture:
+        steps.append(Step("stage", (*stage, *capture)))
+    steps += [
+        Step("copy", (sql.copy_batch(schema, default, name, key, column, columns, start, end, batch),)),
+        Step(
+            "swap",
+            (
+                *sql.lock_in_dml_order(schema, table, default, referenced, "ACCESS EXCLUSIVE"),
+                *sql.swap(schema, default, name, key, column, columns, start, end),
+                *finish,
+            ),
+        ),
+    ]
+    return steps
+
+
+def _table_plan(
+    model: type[models.Model],
+    using: str,
+    schema: str,
+    now: dt.datetime,
+    settings: PartitionSettings,
+    ahead: int | None,
+    retain: int | None,
+) -> TablePlan | None:
+    declared = partitioning_of(model)
+    assert isinstance(declared, MonthlyPartitioning)
+    table = model._meta.db_table
+    column = model._meta.get_field(declared.field).column
+    state = catalog.read_table(using, schema, table, column)
+    if state is None:
+        return None
+    the_ahead, the_retain, mode = effective_options(model, settings, ahead, retain)
+
+    def table_plan(actions: list[Action], problems: list[str], **extra: Any) -> TablePlan:
+        return TablePlan(
+            model._meta.label, schema, table, column, the_ahead, the_retain, mode,
+            tuple(actions), tuple(problems), **extra,
+        )
+
+    if not state.partitioned:
+        return table_plan([], [f"{schema}.{table} exists but is not partitioned"])
+    problems = list(state.gaps_and_overlaps())
+    ranged = state.ranged
+    cutoff = subtract_months(now, the_retain) if the_retain else None
+
+    def covered(start: dt.datetime, end: dt.datetime) -> bool:
+        return any(
+            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
+            for p in ranged
+        )
+
+    def overlapping(start: dt.datetime, end: dt.datetime) -> bool:
+        return any(
+            (p.start is None or p.start < end) and (p.end is None or p.end > start) for p in ranged
+        )
+
+    current = month_start(now)
+    months = {add_months(current, i) for i in range(the_ahead + 1)}
+    in_default = (
+        catalog.default_row_months(using, schema, state.default.name, column)
+        if state.default
+        else {}
+    )
+    # Every month with rows in the default gets its partition, far-future and past months
+    # within retention included: ATTACH scans the whole default, so it must stay near empty.
+    for month in in_default:
+        if cutoff is None or add_months(month, 1) > cutoff:
+            months.add(month)
+    referenced = tuple(catalog.referenced_tables(using, schema, table))
+    default = state.default.name if state.default else None
+    actions: list[Action] = []
+    for start in sorted(months):
+        end = add_months(start, 1)
+        if covered(start, end):
+            continue
+        name = sql.partition_name(table, start)
+        if overlapping(start, end):
+            problems.append(
+                f"cannot create {name}: an existing partition overlaps "
+                f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"
+            )
+            continue
+        clash = _name_clash(using, schema, table, name)
+        if clash:
+            problems.append(clash)
+            continue
+        drain = bool(in_default.get(start))
+        steps = create_steps(
+            schema, table, name, column, start, end, default, list(referenced),
+            catalog.primary_key_columns(using, schema, table) if drain else [],
+            catalog.columns(using, schema, table) if drain else [],
+            settings.drain_batch_size, drain=drain, staged=False,
+        )
+        actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
+    if cutoff is not None:
+        tenant_schemas: set[str] | None = None
+        for partition in ranged:
+            if partition.end is None or partition.start is None or partition.end > cutoff:
+                continue  # retention by END: only a partition entirely older than the cutoff goes
+            if partition.kind != "r":
+                continue  # foreign tables and sub-partitioned children are reported, not touched
+            if mode == "archive":
+                target = archive_schema_for(schema, settings)
+                if tenant_schemas is None:
+                    tenant_schemas = _tenant_schemas()
+                if target in tenant_schemas:
+                    problems.append(
+                        f"cannot archive {partition.name}: archive schema {target!r} is a "
+                        "tenant's schema; set PARTITIONS.ARCHIVE_SCHEMA to a name no tenant has"
+                    )
+                    continue
+            if mode == "drop":
+                dependents = catalog.dependent_objects(using, schema, partition.name)
+                if dependents:
+                    problems.append(
+                        f"cannot drop {partition.name}: {', '.join(dependents)} depend(s) on "
+                        "it; drop or change them, then rerun apply"
+                    )
+                    continue
+            fks = catalog.foreign_keys(using, schema, partition.name)
+            steps = retention_steps(
+                mode, schema, table, partition, state.default is None, settings, fks
+            )
+            actions.append(
+                Action(mode, partition.name, partition.start, partition.end, 0, tuple(steps))
+            )
+    for month, count in sorted(in_default.items()):
+        if cutoff is not None and add_months(month, 1) <= cutoff:
+            problems.append(
+                f"{count} row(s) of {month:%Y-%m} sit in the default partition and are older "
+                "than the months kept (delete them, or widen --retain)"
+            )
+    for staging in catalog.staging_tables(using, schema, table):
+        problems.append(
+            f"staging table {staging.name} ({staging.rows} row(s)) is not attached yet: "
+            "an interrupted drain; apply resumes it"
+        )
+    for index, missing in state.index_drift.items():
+        problems.append(f"index drift: {index} missing on {', '.join(sorted(missing))}")
+    return table_plan(
+        actions,
+        problems,
+        blocked=tuple(p for p in problems if p.startswith("cannot ")),
+        referenced=referenced,
+        default=default,
+        columns=tuple(catalog.columns(using, schema, table)),
+    )
+
+
+def _name_clash(using: str, schema: str, table: str, name: str) -> str | None:
+    """Why ``name`` cannot be used for a new month's partition, or None when it can."""
+    found = catalog.relation(using, schema, name)
+    if found is None:
+        return None
+    kind, is_partition = found
+    if kind == "r" and not is_partition and catalog.has_constraint(
+        using, schema, name, sql.constraint_name(name, "_bounds")
+    ):
+        if catalog.column_signature(using, schema, name) == catalog.column_signature(
+            using, schema, table
+        ):
+            return None  # our own staging table from an interrupted run: resumed
+        return (
+            f"cannot create {name}: a leftover staging table of that name has different "
+            f"columns from {table}; drop it (DROP TABLE {sql.qualified(schema, name)}) and rerun"
+        )
+    what = "a partition with other bounds" if is_partition else "another table"
+    return (
+        f"cannot create {name}: {what} already has that name; rename it "
+        f"(ALTER TABLE ... RENAME) and rerun"
+    )
+
+
+def plan(
+    *,
+    models_: list[str] | None = None,
+    using: str = "default",
+    ahead: int | None = None,
+    retain: int | None = None,
+    now: dt.datetime | None = None,
+) -> Plan:
+    """What ``apply`` would do now in the connection's current schema (tenant or public)."""
+    validate_months(ahead, retain)
+    settings = partition_settings()
+    chosen = resolve_models(models_)
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    schema = catalog.current_schema(using)
+    tables = []
+    for model in chosen:
+        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain)
+        if table_plan is None:
+            if models_:
+                raise PartitionError(
+                    f"{model._meta.label}: table {model._meta.db_table!r} does not exist in schema "
+                    f"{schema!r} (not migrated yet, or a tenant app: use --tenant/--all-tenants)"
+                )
+            continue
+        tables.append(table_plan)
+    return Plan(using, now, tuple(tables))

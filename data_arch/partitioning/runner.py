@@ -1,0 +1,397 @@
+"""Apply a plan: each step in its own transaction, in DML lock order, retried from a clean state.
+
+Every transaction that changes a table starts with a transaction-scoped try-lock on
+(schema, table) — safe behind PgBouncer in transaction mode, and unrelated tables never wait for
+each other — then sets ``lock_timeout``. Before a step that locks the parent, the runner waits
+(holding nothing, so nobody queues behind it) until no transaction older than a few
+milliseconds holds a lock on the tables involved (10 ms). A lock timeout (55P03) or a deadlock (40P01)
+rolls the whole step back, so nothing half-made is left, and the step is retried with backoff.
+A failing action is recorded and the run goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import DatabaseError, connections, transaction
+
+from data_arch.conf import PartitionSettings, partition_settings
+from data_arch.partitioning import catalog, sql
+from data_arch.partitioning.plan import (
+    Action,
+    PartitionError,
+    Plan,
+    Step,
+    TablePlan,
+    _name_clash,
+    create_steps,
+    retention_steps,
+)
+
+__all__ = ["ApplyResult", "Failure", "MaintenanceBusy", "MaintenanceError", "apply"]
+
+logger = logging.getLogger("data_arch.partitioning")
+
+#: lock_not_available (lock_timeout) and deadlock_detected: both safe to retry from scratch.
+RETRYABLE = frozenset({"55P03", "40P01"})
+
+
+class MaintenanceError(RuntimeError):
+    """A step could not be completed; the catalog is as it was before the step."""
+
+
+class MaintenanceBusy(MaintenanceError):
+    """Another run holds the maintenance lock of this table."""
+
+
+class _Changed(Exception):
+    """A concurrent run changed the partition between our read and our lock: read again."""
+
+
+class _Straggler(Exception):
+    """Rows of the month reached the default after planning: take the drain path instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    schema: str
+    table: str
+    action: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}: {self.action}: {self.error}"
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    done: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    failures: list[Failure] = dataclasses.field(default_factory=list)
+    rows_moved: int = 0
+    lock_retries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "done": list(self.done),
+            "skipped": list(self.skipped),
+            "failures": [str(f) for f in self.failures],
+            "rows_moved": self.rows_moved,
+            "lock_retries": self.lock_retries,
+        }
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    for candidate in (exc, exc.__cause__):
+        state = getattr(candidate, "sqlstate", None) or getattr(
+            getattr(candidate, "diag", None), "sqlstate", None
+        )
+        if state:
+            return state
+    return None
+
+
+_QUIET_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() "
+    "AND l.relation = ANY(%s::text[]::regclass[]) "
+    "AND a.xact_start < clock_timestamp() - %s * interval '1 millisecond')"
+)
+
+
+class Runner:
+    def __init__(
+        self,
+        using: str,
+        settings: PartitionSettings,
+        result: ApplyResult,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.using = using
+        self.settings = settings
+        self.result = result
+        self.sleep = sleep
+
+    def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
+        """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
+
+        A lock request queues everyone who comes after it; waiting here instead keeps writers
+        and readers flowing while a long reader finishes. Bounded per step by
+        ``LOCK_TIMEOUT_MS * LOCK_RETRIES`` (at least 1 s) in all, shared by its attempts
+        through ``budget``; past that the step's own lock_timeout bounds everyone's wait.
+        Other roles' transaction starts are visible only to superusers and pg_read_all_stats:
+        without that right this wait passes at once and lock_timeout alone bounds the waits.
+        """
+        if budget is None:
+            budget = [self.quiet_budget()]
+        young_ms = min(10, self.settings.lock_timeout_ms // 2)
+        started = time.monotonic()
+        try:
+            with connections[self.using].cursor() as cursor:
+                while True:
+                    cursor.execute(_QUIET_SQL, [relations, young_ms])
+                    if not cursor.fetchone()[0] or time.monotonic() - started >= budget[0]:
+                        return
+                    time.sleep(0.01)
+        finally:
+            budget[0] = max(0.0, budget[0] - (time.monotonic() - started))
+
+    def quiet_budget(self) -> float:
+        return max(1.0, self.settings.lock_timeout_ms * self.settings.lock_retries / 1000)
+
+    def transaction(
+        self,
+        schema: str,
+        table: str,
+        statements: list[str | Callable[[Any], None]],
+        quiet: list[str] | None = None,
+    ) -> int:
+        """Run ``statements`` in one transaction under the table's try-lock and lock_timeout.
+
+        Returns the row count of the last statement. Retries lock timeouts, deadlocks and a
+        busy try-lock; each attempt starts from a clean state (the failed one rolled back).
+        """
+        attempts = self.settings.lock_retries
+        budget = [self.quiet_budget()]
+        for attempt in range(1, attempts + 1):
+            if quiet:
+                self.wait_for_quiet(quiet, budget)
+            try:
+                with transaction.atomic(using=self.using), connections[
+                    self.using
+                ].cursor() as cursor:
+                    cursor.execute(sql.try_table_lock(schema, table))
+                    if not cursor.fetchone()[0]:
+                        raise MaintenanceBusy(
+                            f"another run holds the maintenance lock of {schema}.{table}"
+                        )
+                    cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
+                    count = 0
+                    for statement in statements:
+                        if callable(statement):
+                            statement(cursor)
+                        else:
+                            cursor.execute(statement)
+                            count = cursor.rowcount
+                return count
+            except MaintenanceBusy:
+                if attempt == attempts:
+                    raise
+            except DatabaseError as exc:
+                if sqlstate(exc) not in RETRYABLE or attempt == attempts:
+                    raise
+                self.result.lock_retries += 1
+            delay = min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random())
+            logger.info("%s.%s: lock wait (attempt %s), retrying in %.2fs", schema, table,
+                        attempt, delay)
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def bare(self, statement: str) -> None:
+        """One statement outside a transaction block (``DETACH ... CONCURRENTLY``)."""
+        attempts = self.settings.lock_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                with connections[self.using].cursor() as cursor:
+                    cursor.execute(
+                        "SELECT set_config('lock_timeout', %s, false)",
+                        [f"{self.settings.lock_timeout_ms}ms"],
+                    )
+                    try:
+                        cursor.execute(statement)
+                    finally:
+                        cursor.execute("RESET lock_timeout")
+                return
+            except DatabaseError as exc:
+                if sqlstate(exc) not in RETRYABLE or attempt == attempts:
+                    raise
+                self.result.lock_retries += 1
+                self.sleep(min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random()))
+
+
+def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -> ApplyResult:
+    """Execute ``the_plan``, action by action; each is re-checked against the catalog first.
+
+    A failing action is recorded in ``result.failures`` and the run goes on; another run
+    holding a table's lock skips that table (recorded as a failure naming the lock).
+    """
+    settings = partition_settings()
+    using = the_plan.database
+    if connections[using].in_atomic_block:
+        raise PartitionError(
+            "apply() commits once per step; call it outside transaction.atomic()"
+        )
+    result = ApplyResult()
+    runner = Runner(using, settings, result)
+    for table in the_plan.tables:
+        for action in table.actions:
+            label = f"{table.schema}.{table.table}: {action.kind} {action.partition}"
+            try:
+                changed = _apply_action(runner, table, action)
+            except MaintenanceBusy as exc:
+                result.failures.append(Failure(table.schema, table.table, action.kind, str(exc)))
+                break  # the other run is maintaining this table
+            except (DatabaseError, MaintenanceError) as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                logger.warning("%s failed: %s", label, message)
+                result.failures.append(
+                    Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
+                )
+                continue
+            (result.done if changed else result.skipped).append(label)
+            if on_progress:
+                on_progress(label)
+    return result
+
+
+def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
+    state = catalog.read_table(runner.using, table.schema, table.table, table.column)
+    if state is None:
+        return False
+    if action.kind == "create":
+        return _create(runner, table, action, state)
+    return _retire(runner, table, action, state)
+
+
+def _count_in_default(cursor: Any, schema: str, default: str, column: str, action: Action) -> int:
+    cursor.execute(
+        f"SELECT count(*) FROM {sql.qualified(schema, default)} WHERE {sql.quote(column)} >= "
+        f"{sql.literal(action.start)} AND {sql.quote(column)} < {sql.literal(action.end)}"
+    )
+    return cursor.fetchone()[0]
+
+
+def _create(runner: Runner, table: TablePlan, action: Action, state: catalog.TableState) -> bool:
+    for _ in range(5):
+        try:
+            return _create_once(runner, table, action, state)
+        except _Changed:
+            state = catalog.read_table(runner.using, table.schema, table.table, table.column)
+            if state is None:
+                return False
+    raise MaintenanceError(f"{action.partition} kept changing under a concurrent run")
+
+
+def _guard(schema: str, name: str, exists: bool) -> Callable[[Any], None]:
+    """First statement under the try-lock: the table is still as this run last saw it."""
+
+    def check(cursor: Any) -> None:
+        cursor.execute(
+            "SELECT c.relispartition FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            [schema, name],
+        )
+        row = cursor.fetchone()
+        if (row is not None) != exists or (row is not None and row[0]):
+            raise _Changed
+
+    return check
+
+
+def _create_once(
+    runner: Runner, table: TablePlan, action: Action, state: catalog.TableState
+) -> bool:
+    using, schema, name = runner.using, table.schema, action.partition
+    if any(p.start == action.start and p.end == action.end for p in state.ranged):
+        return False  # done by an earlier or concurrent run
+    if any(
+        (p.start is None or p.start < action.end) and (p.end is None or p.end > action.start)
+        for p in state.ranged
+    ):
+        raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
+                               f"{action.end:%Y-%m-%d})")
+    clash = _name_clash(using, schema, table.table, name)
+    if clash:
+        fresh = catalog.read_table(using, schema, table.table, table.column)
+        if fresh and any(p.start == action.start and p.end == action.end for p in fresh.ranged):
+            return False  # a concurrent run attached it since our read
+        raise MaintenanceError(clash)
+    staged = catalog.relation(using, schema, name) is not None
+    default = state.default.name if state.default else None
+    referenced = catalog.referenced_tables(using, schema, table.table)
+    quiet = [*referenced, sql.qualified(schema, table.table)]
+    if default:
+        quiet.append(sql.qualified(schema, default))
+    captured = staged and default is not None and catalog.has_trigger(
+        using, schema, default, sql.capture_name(name)
+    )
+    if default is not None and not captured:
+        with connections[using].cursor() as cursor:
+            rows = _count_in_default(cursor, schema, default, table.column, action)
+    else:
+        rows = 0
+    steps: list[Step]
+    if not captured and rows == 0:
+        steps = create_steps(
+            schema, table.table, name, table.column, action.start, action.end, default,
+            referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
+        )
+        statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
+        if default:
+            def no_stragglers(cursor: Any) -> None:
+                if _count_in_default(cursor, schema, default, table.column, action):
+                    raise _Straggler
+
+            # Right after the locks: a row that reached the default since the count above.
+            statements.insert(len(statements) - 2, no_stragglers)
+        try:
+            runner.transaction(schema, table.table, statements, quiet)
+            return True
+        except _Straggler:
+            staged = catalog.relation(using, schema, name) is not None
+    assert default is not None
+    steps = create_steps(
+        schema, table.table, name, table.column, action.start, action.end, default, referenced,
+        catalog.primary_key_columns(using, schema, table.table),
+        catalog.columns(using, schema, table.table),
+        runner.settings.drain_batch_size, drain=True, staged=staged, captured=captured,
+    )
+    for step in steps:
+        guard = _guard(schema, name, staged)
+        if step.name == "copy":
+            while True:
+                copied = runner.transaction(schema, table.table, [guard, *step.statements])
+                runner.result.rows_moved += copied
+                if copied == 0:
+                    break
+        else:
+            runner.transaction(schema, table.table, [guard, *step.statements], quiet)
+        staged = True
+    return True
+
+
+def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.TableState) -> bool:
+    using, schema = runner.using, table.schema
+    partition = next((p for p in state.partitions if p.name == action.partition), None)
+    if partition is None or partition.is_default:
+        return False
+    steps = retention_steps(
+        action.kind, schema, table.table, partition, state.default is None, runner.settings,
+        catalog.foreign_keys(using, schema, partition.name),
+    )
+    if action.kind == "drop":
+        dependents = catalog.dependent_objects(using, schema, partition.name)
+        if dependents:
+            raise MaintenanceError(
+                f"{', '.join(dependents)} depend(s) on {partition.name}; not dropped"
+            )
+    parent = [sql.qualified(schema, table.table)]
+    for step in steps:
+        if not step.atomic:
+            runner.wait_for_quiet(parent)
+            runner.bare(step.statements[0])
+        else:
+            runner.transaction(
+                schema, table.table, list(step.statements),
+                parent if step.name in ("detach", "finalize") else None,
+            )
+    return True

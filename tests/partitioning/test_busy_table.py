@@ -1,0 +1,284 @@
+"""Maintenance on a busy table: streams of inserts, updates by primary key and reads run while
+``apply`` creates months and drains the default, with a long reader on the parent."""
+
+import datetime as dt
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection, connections
+from django.test import override_settings
+from django_tenants.utils import schema_context
+
+from data_arch.partitioning import apply, plan, sql
+from data_arch.partitioning.months import add_months, month_start
+from example_project.events.models import Event
+from tests.partitioning.conftest import TABLE
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK_TIMEOUT_MS = 2000
+
+
+@pytest.fixture(autouse=True)
+def replica_replays_the_load(events):
+    """These tests write a lot of WAL: let the streaming replica catch up before the next test."""
+    yield
+    from data_arch.testing.pytest_plugin import replica_caught_up
+
+    replica_caught_up(timeout=120)
+
+
+class Streams:
+    """Threads sending one kind of statement each, in a loop, from their own connections."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.stop = threading.Event()
+        self.latencies: dict[str, list[float]] = {}
+        self.errors: list[tuple[str, BaseException]] = []
+        self.threads: list[threading.Thread] = []
+
+    def add(self, name: str, operation) -> None:  # noqa: ANN001 -- a callable per statement
+        self.latencies[name] = []
+
+        def loop() -> None:
+            with schema_context(self.schema):
+                while not self.stop.is_set():
+                    started = time.perf_counter()
+                    try:
+                        operation()
+                    except Exception as exc:  # noqa: BLE001 -- every failure is asserted on
+                        self.errors.append((name, exc))
+                    self.latencies[name].append(time.perf_counter() - started)
+                    time.sleep(0.002)
+            connections.close_all()
+
+        self.threads.append(threading.Thread(target=loop, name=name))
+
+    def __enter__(self) -> "Streams":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def max_stall(self) -> dict[str, float]:
+        return {name: max(values) for name, values in self.latencies.items()}
+
+
+def hold_reader(schema: str, seconds: float, holding: threading.Event) -> threading.Thread:
+    """A transaction that reads the parent (so every partition, the default too) and stays open."""
+
+    def run() -> None:
+        with schema_context(schema), connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, TABLE)}")
+            holding.set()
+            time.sleep(seconds)
+            cursor.execute("COMMIT")
+        connections.close_all()
+
+    thread = threading.Thread(target=run, name="long reader")
+    thread.start()
+    return thread
+
+
+def busy_streams(schema: str, ids: list[int]) -> Streams:
+    now = dt.datetime.now(dt.UTC)
+    streams = Streams(schema)
+    streams.add("insert", lambda: Event.objects.create(occurred_at=now, kind="page_view"))
+    counter = iter(range(10**9))
+    streams.add(
+        "update by pk",
+        lambda: Event.objects.filter(pk=ids[next(counter) % len(ids)]).update(kind="login"),
+    )
+    streams.add("select by pk", lambda: Event.objects.get(pk=ids[next(counter) % len(ids)]))
+    return streams
+
+
+@pytest.mark.slow
+def test_twelve_months_created_under_update_by_pk_streams_and_a_long_reader(events):
+    """The deadlock case: ``UPDATE ... WHERE id = %s`` locks the parent, then every partition
+    (the default last); with a 2 s reader on the parent and ``LOCK_TIMEOUT_MS=2000``, an attach
+    that locked the default before the parent deadlocked with it."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    ids = [
+        e.pk
+        for e in Event.objects.bulk_create(
+            Event(occurred_at=dt.datetime.now(dt.UTC), kind="login") for _ in range(50)
+        )
+    ]
+    holding = threading.Event()
+    settings = {"PARTITIONS": {"LOCK_TIMEOUT_MS": LOCK_TIMEOUT_MS, "LOCK_RETRIES": 10}}
+    with busy_streams(events, ids) as streams:
+        time.sleep(0.2)
+        reader = hold_reader(events, 2.0, holding)
+        holding.wait(5)
+        try:
+            with override_settings(DATA_ARCH=settings):
+                result = apply(plan(models_=["events.Event"], ahead=13))
+        finally:
+            reader.join()
+        time.sleep(0.2)
+    assert getattr(result, "failures", []) == []
+    assert len(result.done) == 12
+    assert streams.errors == []
+    stalls = streams.max_stall()
+    assert all(len(v) > 20 for v in streams.latencies.values())
+    assert all(stall <= (LOCK_TIMEOUT_MS + 50) / 1000 for stall in stalls.values()), stalls
+
+
+def _fill_month(schema: str, start: dt.datetime, rows: int) -> None:
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {sql.qualified(schema, TABLE)} (occurred_at, kind, payload) "
+            "SELECT %s + (g %% 86400) * interval '1 second', 'login', jsonb_build_object('i', g) "
+            "FROM generate_series(1, %s) g",
+            [start + dt.timedelta(days=2), rows],
+        )
+
+
+def _month_count_and_checksum(schema: str, start: dt.datetime, end: dt.datetime):
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*), md5(string_agg(id::text || ':' || payload::text, ',' ORDER BY id)) "
+            f"FROM {sql.qualified(schema, TABLE)} WHERE occurred_at >= %s AND occurred_at < %s",
+            [start, end],
+        )
+        return cursor.fetchone()
+
+
+class MonthCounter:
+    """Counts the month's rows through the parent every 10 ms; remembers every count seen."""
+
+    def __init__(self, schema: str, start: dt.datetime, end: dt.datetime) -> None:
+        self.counts: list[int] = []
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+
+        def run() -> None:
+            with schema_context(schema), connection.cursor() as cursor:
+                while not self.stop.is_set():
+                    try:
+                        cursor.execute(
+                            f"SELECT count(*) FROM {sql.qualified(schema, TABLE)} "
+                            "WHERE occurred_at >= %s AND occurred_at < %s",
+                            [start, end],
+                        )
+                        self.counts.append(cursor.fetchone()[0])
+                    except Exception as exc:  # noqa: BLE001 -- asserted on
+                        self.errors.append(exc)
+                    time.sleep(0.01)
+            connections.close_all()
+
+        self.thread = threading.Thread(target=run, name="month counter")
+
+    def __enter__(self) -> "MonthCounter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+# Three months ahead: beyond the partitions made with ahead=1, so its rows land in the default.
+FAR = add_months(month_start(dt.datetime.now(dt.UTC)), 3)
+FAR_END = add_months(FAR, 1)
+
+
+@pytest.mark.slow
+def test_draining_200000_rows_never_hides_them_from_a_reader(events):
+    apply(plan(models_=["events.Event"], ahead=1))
+    _fill_month(events, FAR, 200_000)
+    before = _month_count_and_checksum(events, FAR, FAR_END)
+    assert before[0] == 200_000
+    with MonthCounter(events, FAR, FAR_END) as counter:
+        time.sleep(0.05)
+        result = apply(plan(models_=["events.Event"], ahead=3))
+        time.sleep(0.05)
+    assert getattr(result, "failures", []) == []
+    assert counter.errors == []
+    assert len(counter.counts) > 10
+    assert min(counter.counts) == 200_000, sorted(set(counter.counts))[:5]
+    assert _month_count_and_checksum(events, FAR, FAR_END) == before
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE + '_default')}")
+        assert cursor.fetchone()[0] == 0
+
+
+_APPLY_SCRIPT = """
+import django
+django.setup()
+from django.test import override_settings
+from data_arch.partitioning import apply, plan
+from data_arch.tenancy import resolve_tenant, tenant_context
+with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 500}}):
+    with tenant_context(resolve_tenant("tenant_a")):
+        apply(plan(models_=["events.Event"], ahead=3))
+"""
+
+
+def _database_url(alias: str = "default") -> str:
+    s = connections[alias].settings_dict
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{s['USER']}{password}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_drain_then_rerun_keeps_every_row(events):
+    apply(plan(models_=["events.Event"], ahead=1))
+    _fill_month(events, FAR, 60_000)
+    before = _month_count_and_checksum(events, FAR, FAR_END)
+    staging = sql.partition_name(TABLE, FAR)
+    url = _database_url()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": url,
+        "REPLICA_URL": url,
+    }
+    with MonthCounter(events, FAR, FAR_END) as counter:
+        child = subprocess.Popen([sys.executable, "-c", _APPLY_SCRIPT], cwd=ROOT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            copied = 0
+            while time.monotonic() < deadline and copied < 5_000:
+                time.sleep(0.02)
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL", [sql.qualified(events, staging)]
+                    )
+                    if cursor.fetchone()[0]:
+                        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, staging)}")
+                        copied = cursor.fetchone()[0]
+            assert child.poll() is None, "apply finished before it could be killed"
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        time.sleep(0.1)
+        # Killed mid-drain: every row is still visible, and status says what was left.
+        assert _month_count_and_checksum(events, FAR, FAR_END) == before
+        from data_arch.partitioning import status
+
+        report = status()[0]
+        assert staging in getattr(report, "staging", {}), report
+        result = apply(plan(models_=["events.Event"], ahead=3))
+        time.sleep(0.05)
+    assert getattr(result, "failures", []) == []
+    assert counter.errors == []
+    assert min(counter.counts) == 60_000, sorted(set(counter.counts))[:5]
+    assert _month_count_and_checksum(events, FAR, FAR_END) == before
+    assert status()[0].staging == {}

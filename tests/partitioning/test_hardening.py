@@ -1,0 +1,303 @@
+"""Maintenance keeps going where it safely can: cron runs without --yes, a broken tenant,
+a table another run holds, odd catalog contents, retention that leaves the database usable."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, connections
+from django.test import override_settings
+from django_tenants.utils import schema_context
+
+from data_arch.partitioning import apply, plan, sql, status
+from data_arch.partitioning.checks import check_declarations, check_partition_health
+from tests.partitioning.conftest import NOW, TABLE, partitions
+from tests.partitioning.test_public_schema import audit  # noqa: F401 -- the fixture
+
+
+def at(year: int, month: int, day: int = 1) -> dt.datetime:
+    return dt.datetime(year, month, day, tzinfo=dt.UTC)
+
+
+def execute(schema: str, statement: str, params=None) -> None:
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def ok(result) -> bool:  # noqa: ANN001
+    return not getattr(result, "failures", [])
+
+
+def field(report, name: str):  # noqa: ANN001 -- a TableStatus
+    return getattr(report, name) if hasattr(report, name) else report.get(name, ())
+
+
+def months_after_apply(schema: str) -> set[str]:
+    return {name for name, _ in partitions(schema)}
+
+
+# ----------------------------------------------------------------- cron, config, the shown plan
+
+
+def test_apply_without_yes_still_creates_months_when_retention_is_due(events, capsys):
+    """A nightly `apply` (no --yes, no terminal) once retention falls due: months keep coming,
+    retention waits for --yes, and the run does not fail."""
+    apply(plan(models_=["events.Event"], ahead=1, now=at(2024, 1, 10)))
+    call_command("partitions", "apply", "--tenant", events, "--retain", "3")
+    names = months_after_apply(events)
+    current = dt.datetime.now(dt.UTC)
+    assert sql.partition_name(TABLE, dt.datetime(current.year, current.month, 1)) in names
+    assert "events_event_p2024_01" in names  # retention did not run
+    assert "retention skipped" in capsys.readouterr().err
+    call_command("partitions", "apply", "--tenant", events, "--retain", "3", "--yes")
+    assert "events_event_p2024_01" not in months_after_apply(events)
+
+
+def test_ahead_beyond_retain_is_accepted(events):
+    the_plan = plan(models_=["events.Event"], ahead=24, retain=6, now=NOW)
+    assert len(the_plan.tables[0].actions) == 25
+
+
+def test_plan_sql_is_a_script_that_runs_in_one_transaction(events, capsys):
+    from example_project.events.models import Event
+
+    apply(plan(models_=["events.Event"], ahead=1))
+    Event.objects.create(occurred_at=dt.datetime(2031, 5, 2, tzinfo=dt.UTC), kind="login")
+    script = plan(models_=["events.Event"], ahead=2).sql()
+    assert script.startswith("-- partition maintenance; run in one transaction")
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute(f"SET LOCAL search_path = {sql.quote(events)}, public")
+        cursor.execute(script)
+        cursor.execute("COMMIT")
+    assert not plan(models_=["events.Event"], ahead=2).pending
+    report = status()[0]
+    assert field(report, "default_rows") == 0 and field(report, "staging") in ({}, ())
+    assert Event.objects.filter(occurred_at__year=2031).count() == 1
+
+
+def test_two_partitioned_models_with_the_same_default_name_fail_the_check():
+    from django.db import models
+
+    from data_arch.partitioning import MonthlyPartitioning
+
+    class Twin(models.Model):
+        occurred_at = models.DateTimeField()
+
+        class Meta:
+            app_label = "events"
+            constraints = [MonthlyPartitioning(field="occurred_at")]
+
+    try:
+        errors = [e for e in check_declarations() if e.id == "data_arch.E203"]
+        assert len(errors) == 1 and "events.Event" in errors[0].msg and "events.Twin" in errors[0].msg
+    finally:
+        from django.apps import apps
+
+        del apps.all_models["events"]["twin"]
+        apps.clear_cache()
+
+
+# ----------------------------------------------------------------- tenants, locks
+
+
+def test_all_tenants_goes_on_past_a_broken_tenant_and_exits_non_zero(events, capsys):
+    # tenant_a: a hand-made partition carries the name of next month's but other bounds, and a
+    # MAXVALUE partition far ahead; tenant_b is healthy.
+    now = dt.datetime.now(dt.UTC)
+    nxt = dt.datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=dt.UTC)
+    execute(
+        events,
+        f"CREATE TABLE {sql.quote(sql.partition_name(TABLE, nxt))} PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2040-01-01+00') TO ('2040-02-01+00')",
+    )
+    execute(
+        events,
+        f"CREATE TABLE events_event_far PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2050-01-01+00') TO (MAXVALUE)",
+    )
+    execute(
+        events,
+        f"CREATE TABLE events_event_old PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('-infinity') TO ('2000-01-01+00')",
+    )
+    with schema_context("public"):
+        with pytest.raises(CommandError, match="failure"):
+            call_command("partitions", "apply", "--all-tenants", "--yes")
+        call_command("partitions", "status", "--all-tenants")  # reads MAXVALUE / -infinity
+        assert check_partition_health(databases=["default"]) is not None
+    err = capsys.readouterr().err
+    assert f"tenant_a: {events}.{TABLE}: cannot create {sql.partition_name(TABLE, nxt)}" in err
+    # tenant_b got every month; tenant_a got every month but the blocked one.
+    assert len(partitions("tenant_b")) == 5
+    assert len(partitions("tenant_a")) == 1 + 3 + 3
+
+
+def test_a_table_held_by_another_run_is_reported_and_other_tables_do_not_wait(events):
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(sql.try_table_lock("tenant_a", TABLE))
+            holding.set()
+            release.wait(10)
+            cursor.execute("COMMIT")
+        connections.close_all()
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    holding.wait(5)
+    try:
+        with override_settings(DATA_ARCH={"PARTITIONS": {"LOCK_RETRIES": 2}}):
+            with schema_context("tenant_b"):
+                other = apply(plan(models_=["events.Event"], ahead=1))
+            busy = apply(plan(models_=["events.Event"], ahead=1))
+    finally:
+        release.set()
+        thread.join()
+    assert ok(other) and len(other.done) == 2
+    assert busy.done == []
+    assert [f.error for f in busy.failures] == [
+        f"another run holds the maintenance lock of tenant_a.{TABLE}"
+    ]
+
+
+# ----------------------------------------------------------------- odd catalog contents
+
+
+def test_generated_columns_reach_new_partitions(events):
+    execute(
+        events,
+        f"ALTER TABLE {sql.quote(TABLE)} ADD COLUMN kind_upper text "
+        "GENERATED ALWAYS AS (upper(kind)) STORED",
+    )
+    try:
+        result = apply(plan(models_=["events.Event"], ahead=1))
+        assert ok(result) and len(result.done) == 2
+    finally:
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} DROP COLUMN kind_upper")
+
+
+def test_a_leftover_table_with_other_columns_is_refused_not_reused(events):
+    name = sql.partition_name(TABLE, at(2026, 7))
+    execute(events, f"CREATE TABLE {sql.quote(name)} (id bigint, occurred_at timestamptz)")
+    execute(
+        events,
+        f"ALTER TABLE {sql.quote(name)} ADD CONSTRAINT {sql.quote(sql.constraint_name(name, '_bounds'))} "
+        "CHECK (occurred_at IS NOT NULL)",
+    )
+    the_plan = plan(models_=["events.Event"], ahead=2, now=NOW)
+    assert any("leftover staging table" in p for p in the_plan.tables[0].problems)
+    result = apply(the_plan)
+    assert ok(result) and len(result.done) == 2  # June and August; July refused
+
+
+def test_a_dependent_view_keeps_its_partition_and_is_reported(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    execute(events, "CREATE VIEW january AS SELECT * FROM events_event_p2026_01")
+    try:
+        the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+        assert [a.partition for a in the_plan.tables[0].actions if a.kind == "drop"] == [
+            "events_event_p2026_02"
+        ]
+        assert any("january" in b for b in the_plan.tables[0].problems)
+        apply(the_plan)
+        names = months_after_apply(events)
+        assert "events_event_p2026_01" in names and "events_event_p2026_02" not in names
+    finally:
+        execute(events, "DROP VIEW IF EXISTS january")
+
+
+def test_an_interrupted_detach_concurrently_is_finished_with_finalize(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    execute(events, f"DROP TABLE {sql.quote(TABLE + '_default')}")
+    holding, release = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with schema_context(events), connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(f"SELECT count(*) FROM {sql.quote(TABLE)}")
+            holding.set()
+            release.wait(10)
+            cursor.execute("COMMIT")
+        connections.close_all()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    holding.wait(5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+            with pytest.raises(Exception, match="lock timeout|canceling"):
+                cursor.execute(
+                    f"ALTER TABLE {sql.quote(TABLE)} DETACH PARTITION events_event_p2026_01 "
+                    "CONCURRENTLY"
+                )
+            cursor.execute("RESET lock_timeout")
+    finally:
+        release.set()
+        thread.join()
+    try:
+        report = status(now=NOW)[0]
+        assert "events_event_p2026_01" in field(report, "pending_detach")
+        settings = {"PARTITIONS": {"RETENTION_MODE": "detach", "DETACH_CONCURRENTLY": True}}
+        with override_settings(DATA_ARCH=settings):
+            the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+            result = apply(the_plan)
+        assert ok(result), result
+        assert field(status(now=NOW)[0], "pending_detach") == ()
+        assert "events_event_p2026_01" not in months_after_apply(events)
+    finally:
+        execute(events, sql.create_default(TABLE))
+
+
+# ----------------------------------------------------------------- retention leaves a usable database
+
+
+@pytest.mark.parametrize("mode", ["detach", "archive"])
+def test_a_detached_or_archived_partition_no_longer_blocks_deleting_referenced_rows(events, mode):
+    from example_project.events.models import Event
+    from example_project.shop.models import Customer
+
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    customer = Customer.objects.create(name="erase me", email="erase@example.com")
+    Event.objects.create(occurred_at=at(2026, 1, 5), kind="login", customer=customer)
+    with override_settings(DATA_ARCH={"PARTITIONS": {"RETENTION_MODE": mode}}):
+        result = apply(plan(models_=["events.Event"], ahead=3, retain=3, now=NOW))
+    assert ok(result), result
+    Customer.objects.filter(pk=customer.pk).delete()  # the erasure of a customer still works
+    assert not Customer.objects.filter(pk=customer.pk).exists()
+
+
+# ----------------------------------------------------------------- archive schemas and tenants
+
+
+def test_a_tenant_archive_schema_is_a_name_no_tenant_can_take(events):
+    from data_arch.conf import partition_settings
+    from data_arch.partitioning.plan import archive_schema_for
+    from data_arch.tenancy import InvalidTenantError, validate_schema_name
+
+    target = archive_schema_for("ten02", partition_settings())
+    assert target == "ten02;archive"
+    with pytest.raises(InvalidTenantError):
+        validate_schema_name(target)  # so `ten02_archive` or any other signup can never be it
+
+
+def test_shared_partitions_are_not_archived_into_a_tenants_schema(audit):  # noqa: F811
+    from example_project.customers.models import Client
+
+    # A tenant row whose schema name is the archive schema (bulk_create: no schema is made).
+    Client.objects.bulk_create([Client(schema_name="archive", name="archive")])
+    try:
+        apply(plan(models_=["audit.AuditEntry"], ahead=8, now=at(2025, 5, 1)))
+        the_plan = plan(models_=["audit.AuditEntry"], now=at(2026, 6, 15))
+        assert not [a for a in the_plan.tables[0].actions if a.kind == "archive"]
+        assert any("is a tenant's schema" in p for p in the_plan.tables[0].problems)
+        apply(the_plan)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regnamespace('archive') IS NULL")
+            assert cursor.fetchone()[0]
+    finally:
+        Client.objects.filter(schema_name="archive").delete()
