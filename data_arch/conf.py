@@ -35,7 +35,7 @@ __all__ = [
     "tenancy_settings",
 ]
 
-SECTIONS = ("TENANCY", "PARTITIONS", "ROUTER", "CACHE", "CELERY")
+SECTIONS = ("TENANCY", "PARTITIONS", "ROUTER", "CACHE", "CELERY", "METRICS")
 
 
 class SettingError(ImproperlyConfigured):
@@ -469,6 +469,18 @@ def celery_settings() -> CelerySettings:
     return _load("CELERY", CelerySettings)
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    #: Register data_arch's metrics on prometheus_client's registry when it is installed.
+    enabled: bool = _field(True, boolean)
+    #: Seconds the state gauges (replicas, partitions, maintenance) are reused between scrapes.
+    cache_seconds: float = _field(15.0, number_between(0, 3600))
+
+
+def metrics_settings() -> MetricsSettings:
+    return _load("METRICS", MetricsSettings)
+
+
 def configuration_errors() -> list[str]:
     """Every problem in ``DATA_ARCH``, one message each; empty when valid."""
     try:
@@ -477,7 +489,7 @@ def configuration_errors() -> list[str]:
         return [str(exc)]
     errors = []
     for load in (tenancy_settings, partition_settings, router_settings, cache_settings,
-                 celery_settings):
+                 celery_settings, metrics_settings):
         try:
             load()
         except SettingError as exc:

@@ -20,8 +20,9 @@ Nothing is installed by importing a module. :func:`install` connects:
   Each wrapper decides per call whether it applies (the alias's role comes from the current
   settings), so a connection never carries a stale chain after a setting changes;
 * the routing signals (migrations), the Celery signals of tenancy and routing (when Celery is
-  installed), the schema-editor hook of partitioning, and the ``setting_changed`` receiver that
-  clears the memoised settings.
+  installed), the schema-editor hook of partitioning, data_arch's Prometheus metrics (when
+  prometheus_client is installed and ``METRICS.ENABLED``), and the ``setting_changed`` receiver
+  that clears the memoised settings.
 """
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     install_wrappers(connection)
 
 
+def _install_metrics() -> None:
+    try:
+        import prometheus_client  # noqa: F401 -- metrics exist only where the client does
+    except ImportError:
+        return
+    try:
+        if not conf.metrics_settings().enabled:
+            return
+    except conf.SettingError:
+        return  # data_arch.E001 reports it
+    from data_arch import prometheus
+
+    prometheus.install()
+
+
 def install() -> None:
     """Connect every data_arch hook (idempotent)."""
     from django.db import connections
@@ -82,6 +98,7 @@ def install() -> None:
     from data_arch.partitioning import schema
 
     schema.install()
+    _install_metrics()
     try:
         import celery  # noqa: F401 -- the Celery hooks exist only where Celery does
     except ImportError:

@@ -1,10 +1,13 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import path
+
+from data_arch.prometheus import metrics_view
 
 from example_project.customers import views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
+    # data_arch's view: django-prometheus' metrics and data_arch's, multiprocess-correct.
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]

@@ -16,11 +16,12 @@ ALLOWED = {
     "tenancy": {"conf", "schema_backend"},
     "caching": {"conf", "extras", "tenancy"},
     "partitioning": {"conf", "tenancy"},
-    "management": {"conf", "caching", "partitioning", "tenancy", "routing"},
+    "management": {"conf", "caching", "partitioning", "tenancy", "routing", "alerts", "maintenance"},
     "routers": {"routing"},
     "checks": {"conf"},
     "testing": {"conf"},
     "admin": {"models"},
+    "prometheus": {"extras"},
     "tasks": {"extras", "maintenance"},
     "maintenance": {"conf", "models", "signals", "routing", "tenancy", "partitioning", "caching"},
 }

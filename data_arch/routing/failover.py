@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connections
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 
-from data_arch.routing import health
+from data_arch.routing import health, metrics
 from data_arch.routing.router import pick_replica, sync_tenant
 from data_arch.routing.sets import role_of, set_for_alias
 from data_arch.routing.state import current_state
@@ -74,6 +74,7 @@ def retry_reads(execute, sql, params, many, context):
         wrapper = context["cursor"]
         wrapper.cursor = replacement.cursor
         wrapper.db = target
+        metrics.record("retry", alias, "conflict" if conflict else "connection")
         logger.warning(
             "read on %r %s (%s); retried on %r", alias,
             "hit a recovery conflict" if conflict else "failed",

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from data_arch.routing import sql
+from data_arch.routing import metrics, sql
 from data_arch.routing.lsn import parse_lsn
 from data_arch.routing.wal import note_replayed
 
@@ -224,7 +224,9 @@ def probe(alias: str, primary: str) -> ReplicaHealth:
 
 def refresh(alias: str, primary: str) -> ReplicaHealth:
     """Probe ``alias`` now and keep the verdict (a scheduled refresh; waits for the probe)."""
-    return _store(alias, probe(alias, primary))
+    verdict = _store(alias, probe(alias, primary))
+    metrics.record("probe", alias, "healthy" if verdict.healthy else "unhealthy")
+    return verdict
 
 
 def _bounded(alias: str, primary: str, params: Any) -> ReplicaHealth:
@@ -245,7 +247,8 @@ def _bounded(alias: str, primary: str, params: Any) -> ReplicaHealth:
 
 def _run_probe(alias: str, primary: str, host: _Host, params: Any) -> None:
     try:
-        _store(alias, _bounded(alias, primary, params))
+        verdict = _store(alias, _bounded(alias, primary, params))
+        metrics.record("probe", alias, "healthy" if verdict.healthy else "unhealthy")
     finally:
         with _lock:
             host.probing = None

@@ -24,7 +24,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import DatabaseError, OperationalError
 
 from data_arch import schema_backend
-from data_arch.routing import health, sql, wal
+from data_arch.routing import health, metrics, sql, wal
 from data_arch.routing.lsn import parse_lsn
 from data_arch.routing.sets import RouterSet, router_config, router_sets, set_for_alias, set_for_app
 from data_arch.routing.state import RoutingState, current_state, migrating, pinned
@@ -181,26 +181,37 @@ def _in_event_loop() -> bool:
 
 def read_alias(rset: RouterSet) -> str:
     """Where a read for ``rset`` goes now (the router's decision, usable directly)."""
+    alias, reason = _decide(rset)
+    metrics.record("read", alias, reason)
+    return alias
+
+
+def _decide(rset: RouterSet) -> tuple[str, str]:
+    """The alias a read goes to, and why (a bounded label: see :data:`metrics.REASONS`)."""
     primary = rset.primary
-    if not rset.replicas or pinned() or migrating():
-        return primary
+    if not rset.replicas:
+        return primary, "no_replicas"
+    if pinned():
+        return primary, "pinned"
+    if migrating():
+        return primary, "migrating"
     primary_connection = connections[primary]
     if primary_connection.in_atomic_block:
-        return primary
+        return primary, "primary_transaction"
     for replica in rset.replicas:
         if replica in connections.settings and connections[replica].in_atomic_block:
-            return replica  # a transaction opened on a replica reads there to its end
+            return replica, "replica_transaction"  # a transaction there reads there to its end
     state = current_state()
     required = None
     wait = True
     if state is not None:
         if state.chosen.get(primary) == primary and state.scoped:
-            return primary
+            return primary, "sticky_primary"
         if primary in state.pending:
             if _in_event_loop():
                 # Reading the WAL position here would block the event loop (Django refuses it):
                 # the primary certainly has this context's write.
-                return primary
+                return primary, "own_write"
             wal.capture_pending(state, only=primary)
         required = state.required.get(primary)
         # Outside a request/task, a context that already fell back does not wait again: it
@@ -212,7 +223,7 @@ def read_alias(rset: RouterSet) -> str:
             state.fell_back.discard(primary)
             if state.scoped:
                 state.chosen[primary] = alias
-        return alias
+        return alias, "replica"
     if not _healthy(rset, set()):
         if router_config().no_healthy_replica == "error":
             raise NoHealthyReplica(
@@ -220,7 +231,7 @@ def read_alias(rset: RouterSet) -> str:
                 "and DATA_ARCH['ROUTER']['NO_HEALTHY_REPLICA'] is 'error'; see the "
                 "'data_arch.routing' log for why each was skipped"
             )
-        return primary
+        return primary, "no_healthy_replica"
     # Replicas are up but behind this context's last write: read it from the primary, and
     # stay there for the rest of the request/task so no later read goes back in time.
     if state is not None:
@@ -228,7 +239,7 @@ def read_alias(rset: RouterSet) -> str:
             state.chosen[primary] = primary
         else:
             state.fell_back.add(primary)
-    return primary
+    return primary, "replicas_behind"
 
 
 class ReplicaRouter:

@@ -1,0 +1,284 @@
+"""data_arch's metrics on Prometheus (``prometheus_client`` is imported only here).
+
+Installed by :func:`data_arch.wiring.install` when ``prometheus_client`` is importable (unless
+``DATA_ARCH["METRICS"]["ENABLED"]`` is False), on the registry django-prometheus exposes:
+
+* events, counted in every process: cache events and load times (:mod:`data_arch.caching`),
+  router decisions by alias and reason, health probes by outcome, reads retried elsewhere;
+* state, computed at scrape time by :class:`StateCollector` and cached for
+  ``METRICS.CACHE_SECONDS``, so a scrape costs at most three cheap queries however many tenant
+  schemas there are: replica health and lag (this process's verdicts), partitions per table,
+  months covered ahead (the fewest over all schemas), rows in default partitions (summed, each
+  counted up to 100,001), pending detaches, maintenance runs (last success, last duration,
+  failures in the last 24 hours).
+
+Labels are bounded: aliases, table names, job names, fixed reasons -- never a tenant or a key.
+Under several processes (gunicorn, Celery) set ``PROMETHEUS_MULTIPROC_DIR`` and route
+``/metrics`` to :func:`metrics_view`, which merges every process's counters and adds the state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from data_arch.extras import require
+
+logger = logging.getLogger("data_arch.metrics")
+
+__all__ = ["StateCollector", "install", "metrics_view", "multiprocess_dir"]
+
+_installed: dict[int, Any] = {}
+_lock = threading.Lock()
+
+#: Rows counted per default partition at most (the gauge says "at least this many" beyond it).
+DEFAULT_ROWS_CAP = 100_000
+
+_PARTITIONS_SQL = """
+SELECT parent.relname, child.relname, pg_get_expr(child.relpartbound, child.oid),
+       i.inhdetachpending, n.nspname
+  FROM pg_inherits i
+  JOIN pg_class parent ON parent.oid = i.inhparent AND parent.relkind = 'p'
+  JOIN pg_namespace n ON n.oid = parent.relnamespace
+  JOIN pg_class child ON child.oid = i.inhrelid
+ WHERE parent.relname = ANY(%s)
+"""
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+def _client() -> Any:
+    return require("prometheus_client", "data_arch.prometheus")
+
+
+class StateCollector:
+    """Gauges read from the database and this process's replica verdicts, cached."""
+
+    def __init__(self, cache_seconds: float | None = None) -> None:
+        #: None: ``METRICS.CACHE_SECONDS``, read at each scrape.
+        self.cache_seconds = cache_seconds
+        self._cached: list[Any] = []
+        self._at = -1e9
+        self._lock = threading.Lock()
+
+    def describe(self) -> list[Any]:
+        return []  # computed at collect time only (no query when registered)
+
+    def collect(self) -> Iterator[Any]:
+        from data_arch import conf
+
+        ttl = self.cache_seconds
+        if ttl is None:
+            try:
+                ttl = conf.metrics_settings().cache_seconds
+            except conf.SettingError:
+                ttl = 15.0
+        with self._lock:
+            if time.monotonic() - self._at >= ttl:
+                try:
+                    self._cached = list(self._compute())
+                except Exception:  # noqa: BLE001 -- a scrape never fails because of us
+                    logger.exception("data_arch metrics: computing state failed")
+                    self._cached = []
+                self._at = time.monotonic()
+            yield from self._cached
+
+    def _compute(self) -> Iterator[Any]:
+        yield from self._replicas()
+        yield from self._partitions()
+        yield from self._maintenance()
+
+    def _replicas(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from data_arch import conf
+        from data_arch.routing import health
+        from data_arch.routing.sets import router_sets
+
+        try:
+            sets = router_sets()
+        except conf.SettingError:
+            return
+        healthy = GaugeMetricFamily("data_arch_replica_healthy",
+                                    "1 when the replica serves reads (this process's verdict).",
+                                    labels=["alias"])
+        lag_s = GaugeMetricFamily("data_arch_replica_lag_seconds",
+                                  "Seconds the replica's replay is behind the primary.",
+                                  labels=["alias"])
+        lag_b = GaugeMetricFamily("data_arch_replica_lag_bytes",
+                                  "Bytes of WAL the replica has not replayed.", labels=["alias"])
+        for rset in sets:
+            for alias in rset.replicas:
+                verdict = health.health_of(alias, rset.primary)
+                healthy.add_metric([alias], 1.0 if verdict.healthy else 0.0)
+                if verdict.lag_seconds is not None:
+                    lag_s.add_metric([alias], verdict.lag_seconds)
+                if verdict.lag_bytes is not None:
+                    lag_b.add_metric([alias], float(verdict.lag_bytes))
+        yield from (healthy, lag_s, lag_b)
+
+    def _partitions(self) -> Iterator[Any]:
+        from django.db import connections
+        from prometheus_client.core import GaugeMetricFamily
+
+        from data_arch.partitioning import partitioned_models
+        from data_arch.partitioning.catalog import parse_bounds
+        from data_arch.partitioning.months import month_start
+
+        tables = sorted({m._meta.db_table for m in partitioned_models()})
+        if not tables:
+            return
+        with connections["default"].cursor() as cursor:
+            cursor.execute(_PARTITIONS_SQL, [tables])
+            rows = cursor.fetchall()
+            defaults = [(schema, child) for table, child, bound, _, schema in rows
+                        if bound == "DEFAULT"]
+            counts: dict[tuple[str, str], int] = {}
+            if defaults:
+                quote = connections["default"].ops.quote_name
+                union = " UNION ALL ".join(
+                    f"SELECT %s, %s, count(*) FROM (SELECT 1 FROM {quote(s)}.{quote(c)} "
+                    f"LIMIT {DEFAULT_ROWS_CAP + 1}) AS counted"
+                    for s, c in defaults
+                )
+                cursor.execute(union, [v for pair in defaults for v in pair])
+                counts = {(s, c): n for s, c, n in cursor.fetchall()}
+        current = month_start(dt.datetime.now(dt.UTC))
+        per_table: dict[str, dict[str, Any]] = {
+            t: {"partitions": 0, "default_rows": 0, "pending": 0, "ends": {}} for t in tables
+        }
+        for table, child, bound, pending, schema in rows:
+            entry = per_table[table]
+            entry["ends"].setdefault(schema, None)
+            entry["partitions"] += 1
+            entry["pending"] += 1 if pending else 0
+            is_default, _start, end = parse_bounds(bound)
+            if is_default:
+                entry["default_rows"] += counts.get((schema, child), 0)
+                continue
+            if end is None:
+                end = dt.datetime.max.replace(tzinfo=dt.UTC)  # MAXVALUE: covered for good
+            previous = entry["ends"].get(schema)
+            entry["ends"][schema] = end if previous is None else max(previous, end)
+        count = GaugeMetricFamily("data_arch_partitions",
+                                  "Partitions of the table, summed over every schema.",
+                                  labels=["table"])
+        ahead = GaugeMetricFamily(
+            "data_arch_partition_months_ahead",
+            "Whole months after the current one covered by partitions (fewest over schemas; "
+            "-1: the current month is not covered).",
+            labels=["table"])
+        default_rows = GaugeMetricFamily(
+            "data_arch_default_partition_rows",
+            f"Rows in the table's default partitions (each counted up to {DEFAULT_ROWS_CAP + 1}).",
+            labels=["table"])
+        pending = GaugeMetricFamily("data_arch_partition_pending_detaches",
+                                    "Partitions left DETACH ... CONCURRENTLY pending.",
+                                    labels=["table"])
+        for table, entry in per_table.items():
+            count.add_metric([table], entry["partitions"])
+            default_rows.add_metric([table], entry["default_rows"])
+            pending.add_metric([table], entry["pending"])
+            if entry["ends"]:
+                ends = list(entry["ends"].values())
+                if None in ends:  # a schema with only a default partition: nothing covered
+                    ahead.add_metric([table], -1)
+                    continue
+                fewest = min(ends)
+                months = (fewest.year - current.year) * 12 + fewest.month - current.month - 1
+                ahead.add_metric([table], max(min(months, 1200), -1))
+        yield from (count, ahead, default_rows, pending)
+
+    def _maintenance(self) -> Iterator[Any]:
+        from django.db import DatabaseError, connections
+        from django.db.models import Count, Max, Q
+        from django.utils import timezone
+        from prometheus_client.core import GaugeMetricFamily
+
+        from data_arch.models import MaintenanceRun
+
+        since = timezone.now() - dt.timedelta(hours=24)
+        try:
+            rows = list(
+                MaintenanceRun.objects.using("default").values("job").annotate(
+                    last_ok=Max("finished_at", filter=Q(outcome="ok")),
+                    failures=Count("id", filter=Q(outcome="failed", started_at__gte=since)),
+                )
+            )
+        except DatabaseError:
+            connections["default"].close()
+            return  # not migrated yet
+        last = GaugeMetricFamily("data_arch_maintenance_last_success_timestamp_seconds",
+                                 "When the job last finished successfully (any tenant).",
+                                 labels=["job"])
+        failures = GaugeMetricFamily("data_arch_maintenance_failures_24h",
+                                     "Failed runs of the job in the last 24 hours.",
+                                     labels=["job"])
+        for row in rows:
+            if row["last_ok"] is not None:
+                last.add_metric([row["job"]], row["last_ok"].timestamp())
+            failures.add_metric([row["job"]], row["failures"])
+        yield from (last, failures)
+
+
+def install(registry: Any = None) -> StateCollector:
+    """Register data_arch's counters and its state collector in ``registry`` (default: the
+    global one); idempotent per registry."""
+    client = _client()
+    from data_arch.caching import prometheus as cache_prometheus
+    from data_arch.routing import metrics as router_metrics
+
+    registry = registry if registry is not None else client.REGISTRY
+    with _lock:
+        if id(registry) in _installed:
+            return _installed[id(registry)]
+        cache_prometheus.install(registry)
+        reads = client.Counter("data_arch_router_reads_total",
+                               "Router decisions: where reads went (alias) and why (reason).",
+                               ["alias", "reason"], registry=registry)
+        probes = client.Counter("data_arch_replica_probes_total",
+                                "Replica health probes by outcome.", ["alias", "outcome"],
+                                registry=registry)
+        retries = client.Counter("data_arch_replica_retries_total",
+                                 "Reads retried elsewhere after a replica failed them.",
+                                 ["alias", "kind"], registry=registry)
+
+        def listener(event: str, alias: str, label: str) -> None:
+            if event == "read":
+                reads.labels(alias, label).inc()
+            elif event == "probe":
+                probes.labels(alias, label).inc()
+            elif event == "retry":
+                retries.labels(alias, label).inc()
+
+        router_metrics.add_listener(listener)
+        collector = StateCollector()
+        if not multiprocess_dir():
+            registry.register(collector)  # multiprocess: metrics_view adds it per scrape
+        _installed[id(registry)] = collector
+        return collector
+
+
+def metrics_view(request: Any) -> Any:
+    """``/metrics``: every process's counters (multiprocess mode) or this process's, plus the
+    state gauges; use it in place of django-prometheus' view."""
+    from django.http import HttpResponse
+
+    client = _client()
+    collector = install()
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(collector)
+    else:
+        registry = client.REGISTRY
+    return HttpResponse(client.generate_latest(registry), content_type=client.CONTENT_TYPE_LATEST)
