@@ -136,3 +136,41 @@ def test_thresholds_follow_the_settings():
 def test_the_committed_rules_are_current(capsys):
     call_command("data_arch_alerts")
     assert capsys.readouterr().out == (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+
+
+def test_the_dashboard_queries_only_exported_series_and_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_dashboard",
+                                                  ROOT / "deploy" / "build_dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = json.loads((ROOT / "deploy" / "grafana" / "data_arch.json").read_text())
+    assert committed == module.dashboard()
+    sources = [ROOT / "data_arch" / "prometheus.py", ROOT / "data_arch" / "caching" / "prometheus.py"]
+    exported = {name for path in sources
+                for name in re.findall(r'"(data_arch_[a-z0-9_]+)"', path.read_text())}
+    ids, rows = set(), 0
+    for panel in committed["panels"]:
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        if panel["type"] == "row":
+            rows += 1
+            continue
+        assert panel["type"] in {"timeseries", "stat"}
+        for target in panel["targets"]:
+            for series in re.findall(r"data_arch_[a-z0-9_]+", target["expr"]):
+                base = re.sub(r"_(bucket|count|sum|total)$", "", series)
+                assert series in exported or base in exported, series
+    assert rows == 4  # router, cache, partitions, maintenance
+
+
+def test_docker_compose_monitoring_services_use_the_committed_files():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("prometheus", "grafana"):
+        service = compose["services"][name]
+        assert service["profiles"] == ["monitoring"]
+        for volume in service["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume
