@@ -65,8 +65,20 @@ def _literal(value: str, raw_connection: Any) -> str:
 
 
 def _search_path(connection: Any) -> str | None:
-    """django-tenants' search_path for the connection's current schema, or None."""
-    paths = schema_backend.search_path(connection)
+    """The search_path a statement on ``connection`` runs with, or None (no schemas).
+
+    The current tenant's schema when one is set: the connection object belongs to a thread,
+    and under ASGI the thread that runs a ``sync_to_async`` call (or an async ORM method) is
+    not the one whose ``tenant_context`` is current -- the contextvar is. Without a tenant
+    schema, django-tenants' own choice for the connection (``schema_context``, migrations).
+    """
+    if not schema_backend.is_schema_connection(connection):
+        return None
+    tenant = current_tenant()
+    if tenant is not None and tenant.schema_name is not None:
+        paths = schema_backend.search_path_for(tenant.schema_name)
+    else:
+        paths = schema_backend.search_path(connection)
     if paths is None:
         return None
     return ", ".join(connection.ops.quote_name(path) for path in paths)
