@@ -20,6 +20,7 @@ __all__ = [
     "InvalidTenantError",
     "NoTenantError",
     "Tenant",
+    "UnknownTenantError",
     "as_tenant",
     "current_tenant",
     "require_tenant",
@@ -37,6 +38,10 @@ class NoTenantError(RuntimeError):
 
 class InvalidTenantError(ValueError):
     """A tenant reference (schema name, id, object) is malformed or unknown."""
+
+
+class UnknownTenantError(InvalidTenantError):
+    """A well-formed tenant reference that names no tenant."""
 
 
 class CrossTenantError(RuntimeError):
