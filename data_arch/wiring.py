@@ -34,7 +34,7 @@ from data_arch import conf
 from data_arch.routing.failover import retry_reads
 from data_arch.routing.migrations import on_post_migrate, on_pre_migrate
 from data_arch.routing.writes import watch_writes
-from data_arch.tenancy.rls import set_tenant
+from data_arch.tenancy.rls import install_copy_guard, set_tenant
 
 __all__ = ["WRAPPERS", "install", "install_wrappers"]
 
@@ -50,6 +50,7 @@ def install_wrappers(connection: Any) -> None:
     """
     if connection.vendor != "postgresql":
         return
+    install_copy_guard(connection)  # COPY and stream() never reach an execute wrapper
     wrappers = connection.execute_wrappers
     if wrappers[: len(WRAPPERS)] == list(WRAPPERS):
         return

@@ -16,21 +16,37 @@ in the same transaction as each statement:
 PgBouncer in transaction mode carries nothing to its next user, and a value an earlier
 statement set session-wide is overridden for every statement that follows. With no tenant the
 value is ``''``, which the policy reads as "no rows".
+
+A value set for one statement lasts until its transaction ends, so what reaches PostgreSQL
+without passing through the wrapper would otherwise run with the previous statement's tenant:
+
+* :func:`on_switch` -- ``tenant_context`` entering or leaving -- sets the new values at once on
+  this thread's connections that are inside a transaction;
+* ``cursor.copy()`` and ``cursor.stream()`` (psycopg methods that Django's cursor hands straight
+  to the driver) set them first (:func:`install_copy_guard`, called for every new connection);
+* a server-side cursor (``iterator()`` inside ``atomic()``) is read by ``FETCH``, and PostgreSQL
+  evaluates the policy at each ``FETCH``: while one is open, a statement for another tenant on
+  its connection, and a ``tenant_context`` switch to another tenant, raise
+  :class:`CrossTenantError`; leaving the ``tenant_context`` it was opened in closes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import psycopg.sql
+from psycopg.pq import TransactionStatus
 
 from data_arch import schema_backend
 from data_arch.tenancy import sql
-from data_arch.tenancy.context import current_tenant
+from data_arch.tenancy.context import CrossTenantError, current_tenant
 
-__all__ = ["set_tenant", "tenant_setting_value"]
+__all__ = ["install_copy_guard", "on_switch", "set_tenant", "tenant_setting_value"]
 
 # Statements that must not run inside a transaction block, and transaction control itself
 # (prefixing those would change their meaning or fail in an aborted transaction).
@@ -41,7 +57,10 @@ _PASS_THROUGH = re.compile(
       | BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE
       | PREPARE\s+TRANSACTION|SET\s+(?:SESSION\s+CHARACTERISTICS|TRANSACTION|CONSTRAINTS)
     )\b
-    | ^\s*(?:CREATE|DROP|ALTER|REINDEX)\b[^;]*\bCONCURRENTLY\b""",
+    | ^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\b
+    | ^\s*DROP\s+INDEX\s+CONCURRENTLY\b
+    | ^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?[^\s;]+\s+DETACH\s+PARTITION\s+[^\s;]+
+      \s+(?:CONCURRENTLY|FINALIZE)\s*;?\s*\Z""",
     re.IGNORECASE | re.VERBOSE,
 )
 
@@ -95,6 +114,130 @@ def _settings(connection: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+# raw connection -> [(server-side cursor, the tenant value it was opened with)], for the cursors
+# opened inside a transaction (a WITH HOLD cursor is materialised at its commit).
+_server_cursors: weakref.WeakKeyDictionary[Any, list[tuple[Any, str]]] = weakref.WeakKeyDictionary()
+
+
+def _open_server_cursors(raw_connection: Any) -> list[tuple[Any, str]]:
+    entries = _server_cursors.get(raw_connection)
+    if not entries:
+        return []
+    if raw_connection.info.transaction_status == TransactionStatus.IDLE:
+        entries.clear()  # no cursor without hold outlives its transaction
+        return []
+    entries[:] = [(ref, value) for ref, value in entries if ref() is not None and not ref().closed]
+    return entries
+
+
+def _refuse_while_pinned(raw_connection: Any, value: str, what: str) -> None:
+    for _ref, pinned in _open_server_cursors(raw_connection):
+        if pinned != value:
+            raise CrossTenantError(
+                f"{what} for tenant {value or '(none)'!r} refused: a server-side cursor "
+                f"(iterator()) opened for tenant {pinned or '(none)'!r} is still open on this "
+                "connection, and PostgreSQL applies the tenant policy at each FETCH; finish or "
+                "close that iterator first"
+            )
+
+
+def _set_config_statement(pairs: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    return "SELECT " + ", ".join([sql.SET_CONFIG] * len(pairs)), [v for p in pairs for v in p]
+
+
+def _django_connection(raw_connection: Any) -> Any:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is raw_connection:
+            return connection
+    return None
+
+
+def on_switch(leaving: str | None = None) -> None:
+    """The current tenant changed: give this thread's open transactions its values now.
+
+    Called by ``tenant_context`` after the context variable changed (``leaving`` is the tenant
+    value of the context being left, or None when entering). Refuses a switch to another tenant
+    while one of those transactions holds a server-side cursor of a different tenant; on leave,
+    closes the server-side cursors that were opened for the tenant being left.
+    """
+    from django.db import connections
+
+    value = tenant_setting_value()
+    for connection in connections.all(initialized_only=True):
+        raw_connection = getattr(connection, "connection", None)
+        if connection.vendor != "postgresql" or raw_connection is None or raw_connection.closed:
+            continue
+        if raw_connection.info.transaction_status != TransactionStatus.INTRANS:
+            continue  # no transaction (nothing to carry over) or an aborted one
+        if leaving is not None:
+            for ref, pinned in list(_open_server_cursors(raw_connection)):
+                if pinned == leaving and pinned != value:
+                    ref().close()
+        else:
+            _refuse_while_pinned(raw_connection, value, "switching to a tenant")
+        statement, values = _set_config_statement(_settings(connection))
+        raw_connection.execute(statement, values)
+
+
+def _guarded(base: type) -> type:
+    guarded = _GUARDED.get(base)
+    if guarded is None:
+        guarded = type(f"TenantGuarded{base.__name__}", (base,), {
+            "copy": _copy, "stream": _stream, "_data_arch_guarded": True,
+            "__module__": __name__,
+        })
+        _GUARDED[base] = guarded
+    return guarded
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _prepare_unwrapped(cursor: Any, what: str) -> None:
+    raw_connection = cursor.connection
+    value = tenant_setting_value()
+    _refuse_while_pinned(raw_connection, value, what)
+    connection = _django_connection(raw_connection)
+    pairs = _settings(connection) if connection is not None else [(_setting_name(), value)]
+    statement, values = _set_config_statement(pairs)
+    cursor.execute(statement, values)  # the driver's execute: no wrapper runs twice
+
+
+@contextlib.contextmanager
+def _copy(self: Any, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    base = super(type(self), self).copy
+    transaction = (
+        self.connection.transaction() if self.connection.autocommit else contextlib.nullcontext()
+    )
+    with transaction:
+        _prepare_unwrapped(self, "COPY")
+        with base(statement, params, **kwargs) as copy:
+            yield copy
+
+
+def _stream(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    base = super(type(self), self).stream
+    transaction = (
+        self.connection.transaction() if self.connection.autocommit else contextlib.nullcontext()
+    )
+    with transaction:
+        _prepare_unwrapped(self, "stream()")
+        yield from base(query, params, **kwargs)
+
+
+def install_copy_guard(connection: Any) -> None:
+    """Make ``cursor.copy()`` and ``cursor.stream()`` on ``connection`` run with the current
+    tenant's values (idempotent); Django's execute wrappers never see them."""
+    raw_connection = getattr(connection, "connection", None)
+    if raw_connection is None or not hasattr(raw_connection, "cursor_factory"):
+        return
+    factory = raw_connection.cursor_factory
+    if not getattr(factory, "_data_arch_guarded", False):
+        raw_connection.cursor_factory = _guarded(factory)
+
+
 def set_tenant(execute, sql_text, params, many, context):
     """Execute wrapper: run the statement with the current tenant set for its transaction."""
     raw_cursor = context["cursor"].cursor
@@ -105,6 +248,7 @@ def set_tenant(execute, sql_text, params, many, context):
         sql_text = sql_text.decode(raw_connection.info.encoding)
     if _PASS_THROUGH.match(sql_text):
         return execute(sql_text, params, many, context)
+    _refuse_while_pinned(raw_connection, tenant_setting_value(), "a statement")
     pairs = _settings(context["connection"])
     single_round_trip = (
         not many
@@ -122,11 +266,15 @@ def set_tenant(execute, sql_text, params, many, context):
         # The cursor sits on set_config's result; move it to the caller's statement.
         raw_cursor.nextset()
         return result
-    statement = "SELECT " + ", ".join([sql.SET_CONFIG] * len(pairs))
-    values = [item for pair in pairs for item in pair]
+    statement, values = _set_config_statement(pairs)
     if raw_connection.autocommit:
         with raw_connection.transaction():
             raw_connection.execute(statement, values)
             return execute(sql_text, params, many, context)
     raw_connection.execute(statement, values)
-    return execute(sql_text, params, many, context)
+    result = execute(sql_text, params, many, context)
+    if isinstance(raw_cursor, psycopg.ServerCursor):
+        _server_cursors.setdefault(raw_connection, []).append(
+            (weakref.ref(raw_cursor), pairs[0][1])
+        )
+    return result
