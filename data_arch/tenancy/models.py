@@ -27,7 +27,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.lookups import Exact
-from django.db.models.signals import class_prepared
+from django.db.models.signals import class_prepared, pre_save
+from django.db.models.sql.datastructures import BaseTable
+from django.db.models.sql.query import Query
 from django.db.models.sql.where import AND, WhereNode
 
 from data_arch.tenancy import registry
@@ -140,6 +142,17 @@ class TenantQuerySet(models.QuerySet):
         self._check_tenant()
         super()._fetch_all()
 
+    def __getitem__(self, k: Any) -> Any:
+        # qs[0], qs[:5] and repr(qs) read a filled result cache without _fetch_all().
+        if self._result_cache is not None:
+            self._check_tenant()
+        return super().__getitem__(k)
+
+    def _filter_or_exclude_inplace(self, negate: bool, args: Any, kwargs: Any) -> None:
+        super()._filter_or_exclude_inplace(negate, args, kwargs)
+        if self._tenant_pk is not _UNBOUND:
+            _scope_subqueries(self._query.where, self._tenant_pk)
+
     def _claim(self, obj: models.Model, tenant_pk: Any) -> None:
         own = getattr(obj, f"{TENANT_FIELD}_id")
         if own is None:
@@ -174,6 +187,43 @@ class TenantQuerySet(models.QuerySet):
                 "move between tenants"
             )
         return super().update(**kwargs)
+
+
+def _scope_subqueries(node: Any, tenant_pk: Any) -> None:
+    """Filter every subquery Django built under ``node`` by the tenant.
+
+    ``exclude()`` and negated lookups across a multi-valued relation become ``NOT EXISTS
+    (SELECT ... FROM child WHERE child.fk = parent.id)``: Django trims the join that carried
+    the tenant, and ids are unique per tenant only (a row may be saved with an explicit id that
+    another tenant uses too), so the subquery's tenant tables get the tenant back here.
+    """
+    if isinstance(node, WhereNode):
+        for child in node.children:
+            _scope_subqueries(child, tenant_pk)
+        return
+    inner = getattr(node, "query", None)
+    if isinstance(inner, Query):
+        _scope_query(inner, tenant_pk)
+    for attr in ("lhs", "rhs"):
+        value = getattr(node, attr, None)
+        if isinstance(value, Query):
+            _scope_query(value, tenant_pk)
+        elif value is not None and hasattr(value, "query"):
+            _scope_subqueries(value, tenant_pk)
+
+
+def _scope_query(query: Query, tenant_pk: Any) -> None:
+    if getattr(query, "_data_arch_scoped", None) == tenant_pk:
+        return
+    by_table = {m._meta.db_table: m for m in registry.tenant_models()}
+    for alias, join in list(query.alias_map.items()):
+        model = by_table.get(join.table_name)
+        # The FROM entry of the subquery: joins from it carry the tenant themselves.
+        if model is not None and isinstance(join, BaseTable) and query.alias_refcount[alias] > 0:
+            column = model._meta.get_field(TENANT_FIELD).get_col(alias)
+            query.where.add(Exact(column, tenant_pk), AND)
+    query._data_arch_scoped = tenant_pk
+    _scope_subqueries(query.where, tenant_pk)
 
 
 class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]
@@ -270,6 +320,15 @@ def _scope_base_manager(sender: type[models.Model], **kwargs: Any) -> None:
 
 
 class_prepared.connect(_scope_base_manager, dispatch_uid="data_arch.tenancy.scope_base_manager")
+
+
+def _check_raw_save(sender: type[models.Model], instance: Any, raw: bool = False, **kwargs: Any):
+    # loaddata saves through Model.save_base(obj, raw=True), never through obj.save().
+    if raw and is_tenant_model(sender):
+        instance._own_tenant()
+
+
+pre_save.connect(_check_raw_save, dispatch_uid="data_arch.tenancy.check_raw_save")
 
 
 # --------------------------------------------------------------------------- Meta helpers

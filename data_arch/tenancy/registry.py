@@ -59,6 +59,34 @@ def resolve_tenant(schema_name: str) -> Any:
         raise UnknownTenantError(f"unknown tenant {schema_name!r}: no tenant has that schema") from None
 
 
+def verify_tenant(tenant: Any) -> Any:
+    """``tenant`` (a :class:`~data_arch.tenancy.context.Tenant`) if the registry knows it as
+    given: its primary key exists and, when it names a schema, that tenant has that schema.
+
+    For references that arrive from outside the process (task messages), where a primary key
+    and a schema name could have been put together from two different tenants.
+    """
+    model = tenant_model()
+    if model is None:
+        return tenant
+    has_schema = any(f.name == "schema_name" for f in model._meta.get_fields())
+    if tenant.pk is None:
+        if not has_schema or not model.objects.filter(schema_name=tenant.schema_name).exists():
+            raise UnknownTenantError(f"unknown tenant: no tenant has schema {tenant.schema_name!r}")
+        return tenant
+    try:
+        row = model.objects.get(pk=tenant.pk)
+    except (model.DoesNotExist, ValueError, TypeError):
+        raise UnknownTenantError(f"unknown tenant: no tenant has primary key {tenant.pk!r}") from None
+    if tenant.schema_name is not None and getattr(row, "schema_name", None) != tenant.schema_name:
+        raise InvalidTenantError(
+            f"tenant {tenant.pk!r} has schema {getattr(row, 'schema_name', None)!r}, not "
+            f"{tenant.schema_name!r}: the primary key and the schema name belong to different "
+            "tenants"
+        )
+    return tenant
+
+
 def iter_tenants(include_public: bool = False) -> Iterator[Any]:
     """Every tenant, in schema-name order (the public schema only when asked); without
     django-tenants, in ``TENANCY.LOOKUP_FIELD`` order."""
