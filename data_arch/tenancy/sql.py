@@ -87,3 +87,14 @@ FROM pg_constraint con WHERE con.conrelid = to_regclass(%s) AND con.contype IN (
 """
 
 ROLE = "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+
+#: (schema, table) pairs of ``%s`` schemas x ``%s`` tables where the schema exists and the table
+#: does not: with django-tenants' search_path ("<tenant>", public) such a table resolves to
+#: public's table of that name, if there is one.
+MISSING_SCHEMA_TABLES = """
+SELECT s.name, t.name
+FROM unnest(%s::text[]) AS s(name) CROSS JOIN unnest(%s::text[]) AS t(name)
+WHERE EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = s.name)
+  AND to_regclass(format('%%I.%%I', s.name, t.name)) IS NULL
+ORDER BY 1, 2
+"""
