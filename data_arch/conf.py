@@ -291,6 +291,15 @@ class TenancySettings:
     non_tenant_subdomains: tuple[str, ...] = _field(("www",), _labels)
     #: The PostgreSQL custom setting that carries the tenant id for Row-Level Security.
     rls_setting: str = _field("data_arch.tenant_id", custom_setting_name)
+    #: The setting carries the tenant id with a MAC bound to the server process, verified by a
+    #: SECURITY DEFINER function the policy calls: SQL injected into one tenant's statements
+    #: cannot switch to another tenant. Needs the application's statements to reach the server
+    #: process the client connected to (direct connections, Django's pool, PgBouncer in session
+    #: mode); takes effect for policies created by ``EnableRowLevelSecurity`` after it is set.
+    signed_context: bool = _field(True, boolean)
+    #: Secret of that MAC; ``None`` derives one from ``SECRET_KEY``. Stored (as HMAC pads) by
+    #: ``EnableRowLevelSecurity`` in a table the application role cannot read.
+    rls_secret: str | None = _field(None, optional_string)
     #: The tenant model (``"app_label.Model"``); ``None`` uses django-tenants' TENANT_MODEL.
     model: str | None = _field(None, optional_string)
     #: Field of the tenant model that the header or subdomain value is looked up by.

@@ -2,6 +2,8 @@
 
 An execute wrapper on every PostgreSQL connection (primary and replicas alike; placed by
 :mod:`data_arch.wiring`, innermost) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
+with ``TENANCY.SIGNED_CONTEXT``, ``<tenant id>:<MAC>`` (:func:`signed_value`), which the policy's
+SECURITY DEFINER function verifies against a secret the application role cannot read --
 and, on django-tenants connections, ``set_config('search_path', <the schema's path>, true)`` --
 in the same transaction as each statement:
 
@@ -33,6 +35,9 @@ without passing through the wrapper would otherwise run with the previous statem
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import hmac
 import re
 import weakref
 from collections.abc import Iterator
@@ -46,7 +51,10 @@ from data_arch import schema_backend
 from data_arch.tenancy import sql
 from data_arch.tenancy.context import CrossTenantError, current_tenant
 
-__all__ = ["install_copy_guard", "on_switch", "set_tenant", "tenant_setting_value"]
+__all__ = [
+    "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
+    "tenant_setting_value",
+]
 
 # Statements that must not run inside a transaction block, and transaction control itself
 # (prefixing those would change their meaning or fail in an aborted transaction).
@@ -73,10 +81,46 @@ def tenant_setting_value() -> str:
     return str(tenant.pk)
 
 
-def _setting_name() -> str:
+@functools.lru_cache(maxsize=4)
+def _derived_key(secret: str) -> bytes:
+    return hmac.new(secret.encode(), b"data_arch.tenancy.rls-context", hashlib.sha256).digest()
+
+
+def _key() -> bytes:
+    from django.conf import settings
+
     from data_arch.conf import tenancy_settings
 
-    return tenancy_settings().rls_setting
+    return _derived_key(tenancy_settings().rls_secret or settings.SECRET_KEY)
+
+
+def secret_pads() -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer pads of the signing key: what the database stores, so it
+    can verify a MAC with the built-in sha256() and never holds the key itself."""
+    block = _key().ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+
+
+def signed_value(value: str, backend_pid: int) -> str:
+    """``value`` (a tenant id) as the signed setting holds it for server process ``backend_pid``.
+
+    The MAC binds the id to one server process, so a value read from another session (its
+    statement text is visible in pg_stat_activity to the same role) verifies nowhere else.
+    """
+    if not value:
+        return value
+    mac = hmac.new(_key(), f"{value}/{backend_pid}".encode(), hashlib.sha256).hexdigest()
+    return f"{value}:{mac}"
+
+
+def _setting_pair(raw_connection: Any) -> tuple[str, str]:
+    from data_arch.conf import tenancy_settings
+
+    config = tenancy_settings()
+    value = tenant_setting_value()
+    if config.signed_context and value:
+        value = signed_value(value, raw_connection.info.backend_pid)
+    return config.rls_setting, value
 
 
 def _literal(value: str, raw_connection: Any) -> str:
@@ -103,8 +147,8 @@ def _search_path(connection: Any) -> str | None:
     return ", ".join(connection.ops.quote_name(path) for path in paths)
 
 
-def _settings(connection: Any) -> list[tuple[str, str]]:
-    pairs = [(_setting_name(), tenant_setting_value())]
+def _settings(connection: Any, raw_connection: Any = None) -> list[tuple[str, str]]:
+    pairs = [_setting_pair(raw_connection if raw_connection is not None else connection.connection)]
     search_path = _search_path(connection)
     if search_path is not None:
         # django-tenants sets search_path for the whole session when a cursor is opened; this
@@ -200,7 +244,10 @@ def _prepare_unwrapped(cursor: Any, what: str) -> None:
     value = tenant_setting_value()
     _refuse_while_pinned(raw_connection, value, what)
     connection = _django_connection(raw_connection)
-    pairs = _settings(connection) if connection is not None else [(_setting_name(), value)]
+    pairs = (
+        _settings(connection, raw_connection) if connection is not None
+        else [_setting_pair(raw_connection)]
+    )
     statement, values = _set_config_statement(pairs)
     cursor.execute(statement, values)  # the driver's execute: no wrapper runs twice
 
@@ -249,7 +296,7 @@ def set_tenant(execute, sql_text, params, many, context):
     if _PASS_THROUGH.match(sql_text):
         return execute(sql_text, params, many, context)
     _refuse_while_pinned(raw_connection, tenant_setting_value(), "a statement")
-    pairs = _settings(context["connection"])
+    pairs = _settings(context["connection"], raw_connection)
     single_round_trip = (
         not many
         and isinstance(raw_cursor, psycopg.ClientCursor)
@@ -275,6 +322,6 @@ def set_tenant(execute, sql_text, params, many, context):
     result = execute(sql_text, params, many, context)
     if isinstance(raw_cursor, psycopg.ServerCursor):
         _server_cursors.setdefault(raw_connection, []).append(
-            (weakref.ref(raw_cursor), pairs[0][1])
+            (weakref.ref(raw_cursor), tenant_setting_value())
         )
     return result

@@ -78,13 +78,21 @@ def missing_tenant_tables(alias: str = "default") -> list[tuple[str, str]]:
     such a table would silently read and write ``public.<table>`` (every tenant's, shared) when
     one exists there. Tenants without a schema of their own (row-level only) are skipped.
     """
-    from data_arch.tenancy.registry import iter_tenants
+    from data_arch.tenancy.registry import public_schema_name, tenant_model
 
+    model = tenant_model()
     tables = tenant_app_tables()
-    schemas = [
-        t.schema_name for t in iter_tenants() if getattr(t, "schema_name", None)
-    ]
-    if not tables or not schemas:
+    if model is None or not tables or not any(f.name == "schema_name" for f in model._meta.fields):
+        return []
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if model._meta.db_table not in connection.introspection.table_names(cursor):
+            return []  # not migrated yet (``migrate`` runs the database checks first)
+    schemas = list(
+        model.objects.using(alias).exclude(schema_name=public_schema_name())
+        .values_list("schema_name", flat=True)
+    )
+    if not schemas:
         return []
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.MISSING_SCHEMA_TABLES, [schemas, tables])
