@@ -44,6 +44,15 @@ def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes
             None,
         ),
         (f"REVOKE ALL ON {table} FROM PUBLIC", None),
+        # Default privileges (ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES) give the new
+        # table to the application role too: take every grant back but the owner's.
+        (
+            "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
+            "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
+            f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
+            f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$",
+            None,
+        ),
         (
             f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
             "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad",

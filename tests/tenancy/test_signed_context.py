@@ -73,3 +73,24 @@ def test_the_tenants_own_rows_are_still_visible(committed, app_role):
     with tenant_context(a), connections["app"].cursor() as cursor:
         cursor.execute("SELECT number FROM billing_invoice")
         assert cursor.fetchall() == [(f"S{a.pk}",)]
+
+
+def test_the_operation_takes_back_grants_on_the_secret_table(committed, app_role):
+    from data_arch.tenancy import sql
+    from data_arch.tenancy.rls import secret_pads
+
+    def readable():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT has_table_privilege(%s, 'data_arch_rls_secret', 'SELECT')",
+                           [app_role])
+            return cursor.fetchone()[0]
+
+    with connections["default"].cursor() as cursor:
+        # What ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES does for a new table.
+        cursor.execute(f'GRANT SELECT ON data_arch_rls_secret TO "{app_role}"')
+        assert readable()
+        for statement, params in sql.signed_context(
+            connections["default"].ops.quote_name, "public", *secret_pads()
+        ):
+            cursor.execute(statement, params)
+    assert not readable()
