@@ -264,18 +264,63 @@ def _field(default: Any, validate: Validator, *, factory: bool = False) -> Any:
 # --------------------------------------------------------------------------- sections
 
 
+def _callable_path(name: str, value: Any) -> str | None:
+    """A dotted path to a callable (imported to check it), or None."""
+    if value is None:
+        return None
+    from django.utils.module_loading import import_string
+
+    path = string(name, value)
+    try:
+        target = import_string(path)
+    except ImportError as exc:
+        raise SettingError(f"{name} is {path!r}, which cannot be imported: {exc}") from None
+    if not callable(target):
+        raise SettingError(f"{name} is {path!r}, which is not callable")
+    return path
+
+
+def _labels(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, frozenset, set)):
+        raise SettingError(f"{name} must be a list of host labels such as ['www'], got {value!r}")
+    return tuple(string(f"{name}[{i}]", item).lower() for i, item in enumerate(value))
+
+
 @dataclasses.dataclass(frozen=True)
 class TenancySettings:
-    #: Header that names the tenant for row-level tenancy (``None`` to disable).
-    header: str | None = _field("X-Tenant", optional_string)
+    #: Request header that names the tenant (``None``: off). The client chooses its value, so
+    #: it is honoured only when the host names no tenant and ``AUTHORIZE`` allows it.
+    header: str | None = _field(None, optional_string)
+    #: ``"path.to.callable"`` taking ``(request, tenant)`` and returning True when the request
+    #: may act for that tenant through ``HEADER``; required when ``HEADER`` is set.
+    authorize: str | None = _field(None, _callable_path)
     #: Resolve the row-level tenant from the left-most subdomain of the host.
     subdomain: bool = _field(False, boolean)
+    #: Left-most host labels that never name a tenant with ``SUBDOMAIN`` (IP hosts never do).
+    non_tenant_subdomains: tuple[str, ...] = _field(("www",), _labels)
     #: The PostgreSQL custom setting that carries the tenant id for Row-Level Security.
     rls_setting: str = _field("data_arch.tenant_id", custom_setting_name)
+    #: The setting carries the tenant id with a MAC bound to the server process, verified by a
+    #: SECURITY DEFINER function the policy calls: SQL injected into one tenant's statements
+    #: cannot switch to another tenant. Needs the application's statements to reach the server
+    #: process the client connected to (direct connections, Django's pool, PgBouncer in session
+    #: mode); takes effect for policies created by ``EnableRowLevelSecurity`` after it is set.
+    signed_context: bool = _field(True, boolean)
+    #: Secret of that MAC; ``None`` derives one from ``SECRET_KEY``. Stored (as HMAC pads) by
+    #: ``EnableRowLevelSecurity`` in a table the application role cannot read.
+    rls_secret: str | None = _field(None, optional_string)
     #: The tenant model (``"app_label.Model"``); ``None`` uses django-tenants' TENANT_MODEL.
     model: str | None = _field(None, optional_string)
     #: Field of the tenant model that the header or subdomain value is looked up by.
     lookup_field: str = _field("schema_name", string)
+
+    def validate(self) -> None:
+        if self.header is not None and self.authorize is None:
+            raise SettingError(
+                f"{_name('TENANCY', 'HEADER')} is {self.header!r}, but a request header is chosen "
+                f"by the client: set {_name('TENANCY', 'AUTHORIZE')} to a callable "
+                "(request, tenant) -> bool that decides who may use it"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ __all__ = [
     "restore_schema",
     "schema_aliases",
     "search_path",
+    "search_path_for",
 ]
 
 
@@ -44,6 +45,25 @@ def search_path(connection: Any) -> list[str] | None:
     if paths is None or not getattr(connection, "schema_name", None):
         return None
     return list(paths())
+
+
+def search_path_for(schema_name: str, include_public: bool = True) -> list[str]:
+    """The search_path django-tenants would give a connection switched to ``schema_name``.
+
+    The same rule as the backend's own (the schema, then the public schema unless it is the
+    public schema, then ``PG_EXTRA_SEARCH_PATHS``), computed from a schema name alone, so a
+    statement can be put in the current tenant's schema whichever thread's connection runs it.
+    """
+    from django.conf import settings
+
+    from data_arch.tenancy.registry import public_schema_name
+
+    public = public_schema_name()
+    paths = [schema_name]
+    if include_public and schema_name != public:
+        paths.append(public)
+    paths.extend(getattr(settings, "PG_EXTRA_SEARCH_PATHS", []))
+    return paths
 
 
 def activate_schema(connection: Any, tenant: Any, schema_name: str) -> Any:

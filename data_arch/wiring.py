@@ -37,6 +37,7 @@ from data_arch import conf
 from data_arch.routing.failover import retry_reads
 from data_arch.routing.migrations import on_post_migrate, on_pre_migrate
 from data_arch.routing.writes import watch_callproc, watch_writes
+from data_arch.tenancy import connection as tenancy_connection
 from data_arch.tenancy.rls import set_tenant
 
 __all__ = ["WRAPPERS", "install", "install_wrappers"]
@@ -53,7 +54,8 @@ def install_wrappers(connection: Any) -> None:
     """
     if connection.vendor != "postgresql":
         return
-    watch_callproc(connection)
+    watch_callproc(connection)  # callproc() never reaches a wrapper
+    tenancy_connection.prepare(connection)  # nor do COPY and stream()
     wrappers = connection.execute_wrappers
     if wrappers[: len(WRAPPERS)] == list(WRAPPERS):
         return
@@ -88,6 +90,7 @@ def install() -> None:
     connection_created.connect(
         _on_connection_created, weak=False, dispatch_uid="data_arch.wiring.wrappers"
     )
+    tenancy_connection.install()
     for alias in connections:  # connections opened before ready() (rare) get them too
         connection = connections[alias]
         if connection.connection is not None:

@@ -5,8 +5,11 @@
   task's chain, group or chord steps are published from inside the task's restored context;
 * ``task_prerun`` / ``task_postrun`` enter and leave that tenant's :func:`tenant_context` around
   the task (schema switched on every alias, RLS setting, scoped managers, log records);
+* the header is checked against the tenant registry before it is used: a primary key and a
+  schema name that belong to different tenants (or to none) are refused like a malformed header;
 * a task decorated with :func:`requires_tenant` that arrives without a tenant fails with
-  :class:`NoTenantError` before its body runs: it never runs in the public schema or unscoped.
+  :class:`NoTenantError` (with a refused header: :class:`InvalidTenantError`) before its body
+  runs: it never runs in the public schema or unscoped.
 
 Celery is imported only by :func:`install`, which data_arch calls when Celery is installed.
 """
@@ -67,6 +70,10 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         return
     try:
         tenant = tenant_from_header(_header_of(task))
+        if tenant is not None:
+            from data_arch.tenancy.registry import verify_tenant
+
+            verify_tenant(tenant)
     except InvalidTenantError as exc:
         # Recorded for requires_tenant(); a malformed tenant never becomes "no tenant".
         task.request.data_arch_tenant_error = str(exc)
@@ -84,6 +91,13 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **kwargs: Any) -
         context.__exit__(None, None, None)
 
 
+def _refused_header() -> str | None:
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    return getattr(request, "data_arch_tenant_error", None)
+
+
 def requires_tenant(func: F) -> F:
     """Mark a task body as tenant-only: without a tenant it raises NoTenantError at once.
 
@@ -95,6 +109,12 @@ def requires_tenant(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if current_tenant() is None:
+            refused = _refused_header()
+            if refused is not None:
+                raise InvalidTenantError(
+                    f"task {func.__module__}.{func.__qualname__} was refused its tenant: "
+                    f"{refused}; nothing was run"
+                )
             raise NoTenantError(
                 f"task {func.__module__}.{func.__qualname__} needs a tenant and its message "
                 "carried none: send it from inside tenant_context(tenant); nothing was run"

@@ -13,7 +13,9 @@ Database checks (``manage.py check --database <alias>``):
 
 * W101 a row-level table lacks ENABLE / FORCE ROW LEVEL SECURITY or the tenant policy;
 * W102 a row-level table's primary key or a foreign key to another row-level table leaves
-  the tenant column out (``TenantKeys`` did not run).
+  the tenant column out (``TenantKeys`` did not run);
+* E105 a tenant schema lacks a table of a TENANT_APPS app (django-tenants' search_path would
+  resolve it to the public schema's table of that name).
 
 Deployment checks (``manage.py check --deploy --database <alias>``, with the application's
 database settings):
@@ -204,6 +206,35 @@ def check_tenant_tables(app_configs: Any = None, databases: Any = None, **kwargs
                     hint="Add TenantKeys(model_name) to its migration. " + HINT_KEYS,
                     obj=model, id="data_arch.W102",
                 ))
+    return messages
+
+
+@checks.register(checks.Tags.database)
+def check_tenant_schemas(app_configs: Any = None, databases: Any = None, **kwargs: Any):
+    from data_arch import schema_backend
+    from data_arch.conf import SettingError
+    from data_arch.tenancy.status import missing_tenant_tables
+
+    try:
+        if tenant_model_label() is None:
+            return []
+    except SettingError:
+        return []
+    messages: list[checks.CheckMessage] = []
+    for alias in databases or ():
+        if not schema_backend.is_schema_connection(connections[alias]):
+            continue
+        missing: dict[str, list[str]] = {}
+        for schema, table in missing_tenant_tables(alias):
+            missing.setdefault(schema, []).append(table)
+        for schema, tables in missing.items():
+            messages.append(checks.Error(
+                f"tenant schema {schema!r} on {alias!r} lacks {', '.join(tables)}: its queries "
+                "of those tables fall back to the public schema (search_path "
+                f"\"{schema}\", public), shared by every tenant.",
+                hint=f"Run migrate_schemas --schema={schema} (django-tenants) before serving it.",
+                id="data_arch.E105",
+            ))
     return messages
 
 

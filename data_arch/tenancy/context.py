@@ -20,6 +20,7 @@ __all__ = [
     "InvalidTenantError",
     "NoTenantError",
     "Tenant",
+    "UnknownTenantError",
     "as_tenant",
     "current_tenant",
     "require_tenant",
@@ -37,6 +38,10 @@ class NoTenantError(RuntimeError):
 
 class InvalidTenantError(ValueError):
     """A tenant reference (schema name, id, object) is malformed or unknown."""
+
+
+class UnknownTenantError(InvalidTenantError):
+    """A well-formed tenant reference that names no tenant."""
 
 
 class CrossTenantError(RuntimeError):
@@ -113,11 +118,15 @@ def tenant_context(tenant: Any) -> Iterator[Tenant]:
     """Make ``tenant`` current for the block; restores the previous tenant (or none) after.
 
     With django-tenants, the schema is switched on every alias that uses its backend -- the
-    primary and the replicas alike -- so a read routed to a replica sees the same schema.
+    primary and the replicas alike -- so a read routed to a replica sees the same schema. A
+    transaction already open on this thread gets the new tenant's settings at once, on entry
+    and on exit (see :mod:`data_arch.tenancy.rls`).
     """
     value = as_tenant(tenant)
     token = _current.set(value)
     switched: list[tuple[Any, Any]] = []
+    from data_arch.tenancy import rls
+
     try:
         if value.schema_name is not None:
             from django.db import connections
@@ -129,10 +138,13 @@ def tenant_context(tenant: Any) -> Iterator[Tenant]:
                 connection = connections[alias]
                 previous = schema_backend.activate_schema(connection, instance, value.schema_name)
                 switched.append((connection, previous))
+        rls.on_switch()
         yield value
     finally:
         from data_arch import schema_backend
 
+        leaving = rls.tenant_setting_value()
         for connection, previous in reversed(switched):
             schema_backend.restore_schema(connection, previous)
         _current.reset(token)
+        rls.on_switch(leaving=leaving)

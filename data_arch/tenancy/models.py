@@ -26,8 +26,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.deletion import Collector
 from django.db.models.lookups import Exact
-from django.db.models.signals import class_prepared
+from django.db.models.signals import class_prepared, pre_save
+from django.db.models.sql.datastructures import BaseTable
+from django.db.models.sql.query import Query
 from django.db.models.sql.where import AND, WhereNode
 
 from data_arch.tenancy import registry
@@ -46,6 +49,8 @@ __all__ = [
     "TenantManager",
     "TenantModel",
     "TenantQuerySet",
+    "UnscopedManager",
+    "UnscopedQuerySet",
     "is_tenant_model",
     "tenant_index",
     "tenant_pk_for",
@@ -91,6 +96,27 @@ def tenant_pk_for(model: type[models.Model]) -> Any:
             f"tenant primary key {tenant.pk!r} is not a valid {target.get_internal_type()} "
             f"for {model._meta.label}.{TENANT_FIELD}"
         ) from None
+
+
+def _refuse_foreign_ids(model: type[models.Model], ids: list[Any], tenant_pk: Any, using: str) -> None:
+    """Refuse explicit ids that another tenant's rows already have.
+
+    The table's key is ``(tenant_id, id)``, so PostgreSQL would accept the row; but Django
+    deletes and updates collected rows by ``id`` alone (cascades, ``SET_NULL``), so ids are kept
+    unique across tenants, as the sequence makes them. Under Row-Level Security this sees only
+    the current tenant, and every statement is bounded by the policy anyway.
+    """
+    if not ids:
+        return
+    taken = list(
+        model.unscoped.using(using).filter(pk__in=ids).exclude(**{f"{TENANT_FIELD}_id": tenant_pk})
+        .values_list("pk", flat=True)[:5]
+    )
+    if taken:
+        raise CrossTenantError(
+            f"{model._meta.label} id(s) {taken!r} already belong to another tenant: ids are unique "
+            "across tenants; leave the id unset to get a new one. Nothing was written"
+        )
 
 
 class TenantQuerySet(models.QuerySet):
@@ -140,6 +166,17 @@ class TenantQuerySet(models.QuerySet):
         self._check_tenant()
         super()._fetch_all()
 
+    def __getitem__(self, k: Any) -> Any:
+        # qs[0], qs[:5] and repr(qs) read a filled result cache without _fetch_all().
+        if self._result_cache is not None:
+            self._check_tenant()
+        return super().__getitem__(k)
+
+    def _filter_or_exclude_inplace(self, negate: bool, args: Any, kwargs: Any) -> None:
+        super()._filter_or_exclude_inplace(negate, args, kwargs)
+        if self._tenant_pk is not _UNBOUND:
+            _scope_subqueries(self._query.where, self._tenant_pk)
+
     def _claim(self, obj: models.Model, tenant_pk: Any) -> None:
         own = getattr(obj, f"{TENANT_FIELD}_id")
         if own is None:
@@ -155,6 +192,7 @@ class TenantQuerySet(models.QuerySet):
         objs = list(objs)
         for obj in objs:  # all checked before anything is written
             self._claim(obj, tenant_pk)
+        _refuse_foreign_ids(self.model, [o.pk for o in objs if o.pk is not None], tenant_pk, self.db)
         return super().bulk_create(objs, *args, **kwargs)
 
     def bulk_update(self, objs, fields, *args: Any, **kwargs: Any):
@@ -176,6 +214,43 @@ class TenantQuerySet(models.QuerySet):
         return super().update(**kwargs)
 
 
+def _scope_subqueries(node: Any, tenant_pk: Any) -> None:
+    """Filter every subquery Django built under ``node`` by the tenant.
+
+    ``exclude()`` and negated lookups across a multi-valued relation become ``NOT EXISTS
+    (SELECT ... FROM child WHERE child.fk = parent.id)``: Django trims the join that carried
+    the tenant, and ids are unique per tenant only (a row may be saved with an explicit id that
+    another tenant uses too), so the subquery's tenant tables get the tenant back here.
+    """
+    if isinstance(node, WhereNode):
+        for child in node.children:
+            _scope_subqueries(child, tenant_pk)
+        return
+    inner = getattr(node, "query", None)
+    if isinstance(inner, Query):
+        _scope_query(inner, tenant_pk)
+    for attr in ("lhs", "rhs"):
+        value = getattr(node, attr, None)
+        if isinstance(value, Query):
+            _scope_query(value, tenant_pk)
+        elif value is not None and hasattr(value, "query"):
+            _scope_subqueries(value, tenant_pk)
+
+
+def _scope_query(query: Query, tenant_pk: Any) -> None:
+    if getattr(query, "_data_arch_scoped", None) == tenant_pk:
+        return
+    by_table = {m._meta.db_table: m for m in registry.tenant_models()}
+    for alias, join in list(query.alias_map.items()):
+        model = by_table.get(join.table_name)
+        # The FROM entry of the subquery: joins from it carry the tenant themselves.
+        if model is not None and isinstance(join, BaseTable) and query.alias_refcount[alias] > 0:
+            column = model._meta.get_field(TENANT_FIELD).get_col(alias)
+            query.where.add(Exact(column, tenant_pk), AND)
+    query._data_arch_scoped = tenant_pk
+    _scope_subqueries(query.where, tenant_pk)
+
+
 class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]
     """The scoped manager: querysets of the active tenant's rows only."""
 
@@ -186,6 +261,64 @@ class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: igno
         # Filtering the fresh query in place: it has not been shared yet.
         queryset._query.add_q(Q(**{f"{TENANT_FIELD}_id": tenant_pk}))
         return queryset
+
+
+class _UnscopedCollector(Collector):
+    """Collects related rows of every tenant: through the unscoped managers, and by tenant."""
+
+    def related_objects(self, related_model, related_fields, objs):
+        if not is_tenant_model(related_model):
+            return super().related_objects(related_model, related_fields, objs)
+        by_tenant: dict[Any, list[Any]] = {}
+        for obj in objs:
+            by_tenant.setdefault(getattr(obj, f"{TENANT_FIELD}_id", None), []).append(obj)
+        predicate = Q()
+        for field in related_fields:
+            for tenant_pk, members in by_tenant.items():
+                condition = Q(**{f"{field.name}__in": members})
+                if tenant_pk is not None and isinstance(field, TenantForeignKey):
+                    condition &= Q(**{f"{TENANT_FIELD}_id": tenant_pk})
+                predicate |= condition
+        return related_model.unscoped.using(self.using).filter(predicate)
+
+
+class UnscopedQuerySet(models.QuerySet):
+    """The unscoped manager's queryset: deletes cascade across tenants too.
+
+    Django's delete collects related rows through each related model's base manager, which for
+    a row-level model is the scoped one (it fails with no tenant, and in another tenant it would
+    leave the children behind); this collects them through their unscoped managers.
+    """
+
+    def delete(self):
+        if self.query.is_sliced:
+            raise TypeError("Cannot use 'limit' or 'offset' with delete().")
+        if self._fields is not None:
+            raise TypeError("Cannot call delete() after .values() or .values_list()")
+        del_query = self._chain()
+        del_query._for_write = True
+        del_query.query.select_for_update = False
+        del_query.query.select_related = False
+        del_query.query.clear_ordering(force=True)
+        collector = _UnscopedCollector(using=del_query.db, origin=self)
+        collector.collect(del_query)
+        deleted = collector.delete()
+        self._result_cache = None
+        return deleted
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+    async def adelete(self):
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self.delete)()
+
+    adelete.alters_data = True
+    adelete.queryset_only = True
+
+
+UnscopedManager = models.Manager.from_queryset(UnscopedQuerySet)
 
 
 class TenantForeignKey(models.ForeignKey):
@@ -231,7 +364,7 @@ class TenantModel(models.Model):
     )
 
     objects = TenantManager()
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
 
     class Meta:
         abstract = True
@@ -249,8 +382,28 @@ class TenantModel(models.Model):
             )
         return tenant_pk
 
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # Forms and the admin leave the (non-editable) tenant out of validation, and Django then
+        # skips every constraint that mentions it: all of tenant_unique(). The tenant is the
+        # active one, so validate them with it.
+        exclude = set(exclude or ())
+        if TENANT_FIELD in exclude and current_tenant() is not None:
+            self._own_tenant()
+            exclude.discard(TENANT_FIELD)
+        super().validate_constraints(exclude=exclude)
+
+    def _check_new_id(self, using: str | None) -> None:
+        if self._state.adding and self.pk is not None:
+            from django.db import router
+
+            _refuse_foreign_ids(
+                type(self), [self.pk], self._own_tenant(),
+                using or router.db_for_write(type(self), instance=self),
+            )
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         self._own_tenant()
+        self._check_new_id(kwargs.get("using"))
         super().save(*args, **kwargs)
 
     save.alters_data = True
@@ -270,6 +423,16 @@ def _scope_base_manager(sender: type[models.Model], **kwargs: Any) -> None:
 
 
 class_prepared.connect(_scope_base_manager, dispatch_uid="data_arch.tenancy.scope_base_manager")
+
+
+def _check_raw_save(sender: type[models.Model], instance: Any, raw: bool = False, **kwargs: Any):
+    # loaddata saves through Model.save_base(obj, raw=True), never through obj.save().
+    if raw and is_tenant_model(sender):
+        instance._own_tenant()
+        instance._check_new_id(kwargs.get("using"))
+
+
+pre_save.connect(_check_raw_save, dispatch_uid="data_arch.tenancy.check_raw_save")
 
 
 # --------------------------------------------------------------------------- Meta helpers

@@ -54,7 +54,10 @@ class EnableRowLevelSecurity(_ModelOperation):
     """ENABLE and FORCE Row-Level Security and create the tenant policy.
 
     FORCE makes the policy apply to the table's owner too; only superusers and BYPASSRLS roles
-    skip it, which is why the application must connect as neither.
+    skip it, which is why the application must connect as neither. With
+    ``TENANCY.SIGNED_CONTEXT`` (the default) the policy compares the tenant column with what a
+    SECURITY DEFINER function verified (see :mod:`data_arch.tenancy.rls`); that function and its
+    secret table are created (or updated) here too, in the current schema.
     """
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
@@ -62,13 +65,24 @@ class EnableRowLevelSecurity(_ModelOperation):
         if model is None:
             return
         from data_arch.conf import tenancy_settings
+        from data_arch.tenancy.rls import secret_pads
 
+        config = tenancy_settings()
+        quote = schema_editor.quote_name
         field = model._meta.get_field(TENANT_FIELD)
         cast = field.target_field.rel_db_type(schema_editor.connection)
-        for statement, params in sql.enable_rls(
-            schema_editor.quote_name, model._meta.db_table, field.column, cast,
-            tenancy_settings().rls_setting,
-        ):
+        function = None
+        statements = []
+        if config.signed_context:
+            with schema_editor.connection.cursor() as cursor:
+                cursor.execute(sql.CURRENT_SCHEMA)
+                schema = cursor.fetchone()[0]
+            statements += sql.signed_context(quote, schema, *secret_pads())
+            function = f"{quote(schema)}.{quote(sql.VERIFY_FUNCTION)}"
+        statements += sql.enable_rls(
+            quote, model._meta.db_table, field.column, cast, config.rls_setting, function
+        )
+        for statement, params in statements:
             schema_editor.execute(statement, params)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from data_arch.tenancy.context import InvalidTenantError, validate_schema_name
+from data_arch.tenancy.context import InvalidTenantError, UnknownTenantError, validate_schema_name
 
 
 #: The name of the tenant foreign key on every row-level model (column ``tenant_id``).
@@ -56,7 +56,35 @@ def resolve_tenant(schema_name: str) -> Any:
     try:
         return model.objects.get(schema_name=schema_name)
     except model.DoesNotExist:
-        raise InvalidTenantError(f"unknown tenant {schema_name!r}: no tenant has that schema") from None
+        raise UnknownTenantError(f"unknown tenant {schema_name!r}: no tenant has that schema") from None
+
+
+def verify_tenant(tenant: Any) -> Any:
+    """``tenant`` (a :class:`~data_arch.tenancy.context.Tenant`) if the registry knows it as
+    given: its primary key exists and, when it names a schema, that tenant has that schema.
+
+    For references that arrive from outside the process (task messages), where a primary key
+    and a schema name could have been put together from two different tenants.
+    """
+    model = tenant_model()
+    if model is None:
+        return tenant
+    has_schema = any(f.name == "schema_name" for f in model._meta.get_fields())
+    if tenant.pk is None:
+        if not has_schema or not model.objects.filter(schema_name=tenant.schema_name).exists():
+            raise UnknownTenantError(f"unknown tenant: no tenant has schema {tenant.schema_name!r}")
+        return tenant
+    try:
+        row = model.objects.get(pk=tenant.pk)
+    except (model.DoesNotExist, ValueError, TypeError):
+        raise UnknownTenantError(f"unknown tenant: no tenant has primary key {tenant.pk!r}") from None
+    if tenant.schema_name is not None and getattr(row, "schema_name", None) != tenant.schema_name:
+        raise InvalidTenantError(
+            f"tenant {tenant.pk!r} has schema {getattr(row, 'schema_name', None)!r}, not "
+            f"{tenant.schema_name!r}: the primary key and the schema name belong to different "
+            "tenants"
+        )
+    return tenant
 
 
 def iter_tenants(include_public: bool = False) -> Iterator[Any]:
@@ -77,19 +105,37 @@ def iter_tenants(include_public: bool = False) -> Iterator[Any]:
 def resolve_tenant_by(value: str) -> Any:
     """The tenant whose ``TENANCY.LOOKUP_FIELD`` equals ``value`` (a header or subdomain).
 
-    InvalidTenantError names the value when it is malformed or matches no tenant.
+    A value the field could never hold (not a valid schema name, slug, number, too long) is
+    InvalidTenantError; a well-formed one that matches no tenant is UnknownTenantError.
     """
+    from django.core.exceptions import FieldDoesNotExist, ValidationError
+
     from data_arch.conf import tenancy_settings
 
-    field = tenancy_settings().lookup_field
-    if field == "schema_name":
-        validate_schema_name(value)
-    elif not isinstance(value, str) or not value or len(value) > 255:
+    field_name = tenancy_settings().lookup_field
+    if not isinstance(value, str) or not value or len(value) > 255:
         raise InvalidTenantError(f"tenant reference must be 1-255 characters, got {value!r}")
+    if field_name == "schema_name":
+        validate_schema_name(value)
     model = tenant_model()
     if model is None:
         raise InvalidTenantError("no tenant model is configured (DATA_ARCH['TENANCY']['MODEL'])")
     try:
-        return model.objects.get(**{field: value})
-    except (model.DoesNotExist, ValueError, TypeError):
-        raise InvalidTenantError(f"unknown tenant {value!r}: no tenant has {field}={value!r}") from None
+        field = model._meta.get_field(field_name)
+    except FieldDoesNotExist:
+        raise InvalidTenantError(
+            f"TENANCY.LOOKUP_FIELD {field_name!r} is not a field of {model._meta.label}"
+        ) from None
+    try:
+        lookup = field.to_python(value)
+        field.run_validators(lookup)
+    except ValidationError:
+        raise InvalidTenantError(
+            f"malformed tenant reference {value!r}: not a valid {model._meta.label}.{field_name}"
+        ) from None
+    try:
+        return model.objects.get(**{field_name: lookup})
+    except model.DoesNotExist:
+        raise UnknownTenantError(
+            f"unknown tenant {value!r}: no tenant has {field_name}={value!r}"
+        ) from None

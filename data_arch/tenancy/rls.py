@@ -2,6 +2,8 @@
 
 An execute wrapper on every PostgreSQL connection (primary and replicas alike; placed by
 :mod:`data_arch.wiring`, innermost) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
+with ``TENANCY.SIGNED_CONTEXT``, ``<tenant id>:<MAC>`` (:func:`signed_value`), which the policy's
+SECURITY DEFINER function verifies against a secret the application role cannot read --
 and, on django-tenants connections, ``set_config('search_path', <the schema's path>, true)`` --
 in the same transaction as each statement:
 
@@ -16,21 +18,43 @@ in the same transaction as each statement:
 PgBouncer in transaction mode carries nothing to its next user, and a value an earlier
 statement set session-wide is overridden for every statement that follows. With no tenant the
 value is ``''``, which the policy reads as "no rows".
+
+A value set for one statement lasts until its transaction ends, so what reaches PostgreSQL
+without passing through the wrapper would otherwise run with the previous statement's tenant:
+
+* :func:`on_switch` -- ``tenant_context`` entering or leaving -- sets the new values at once on
+  this thread's connections that are inside a transaction;
+* ``cursor.copy()`` and ``cursor.stream()`` (psycopg methods that Django's cursor hands straight
+  to the driver) set them first (:func:`install_copy_guard`, called for every new connection);
+* a server-side cursor (``iterator()`` inside ``atomic()``) is read by ``FETCH``, and PostgreSQL
+  evaluates the policy at each ``FETCH``: while one is open, a statement for another tenant on
+  its connection, and a ``tenant_context`` switch to another tenant, raise
+  :class:`CrossTenantError`; leaving the ``tenant_context`` it was opened in closes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import hmac
 import re
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import psycopg.sql
+from psycopg.pq import TransactionStatus
 
 from data_arch import schema_backend
 from data_arch.tenancy import sql
-from data_arch.tenancy.context import current_tenant
+from data_arch.tenancy.context import CrossTenantError, current_tenant
 
-__all__ = ["set_tenant", "tenant_setting_value"]
+__all__ = [
+    "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
+    "tenant_setting_value",
+]
 
 # Statements that must not run inside a transaction block, and transaction control itself
 # (prefixing those would change their meaning or fail in an aborted transaction).
@@ -41,7 +65,10 @@ _PASS_THROUGH = re.compile(
       | BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE
       | PREPARE\s+TRANSACTION|SET\s+(?:SESSION\s+CHARACTERISTICS|TRANSACTION|CONSTRAINTS)
     )\b
-    | ^\s*(?:CREATE|DROP|ALTER|REINDEX)\b[^;]*\bCONCURRENTLY\b""",
+    | ^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\b
+    | ^\s*DROP\s+INDEX\s+CONCURRENTLY\b
+    | ^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?[^\s;]+\s+DETACH\s+PARTITION\s+[^\s;]+
+      \s+(?:CONCURRENTLY|FINALIZE)\s*;?\s*\Z""",
     re.IGNORECASE | re.VERBOSE,
 )
 
@@ -54,10 +81,46 @@ def tenant_setting_value() -> str:
     return str(tenant.pk)
 
 
-def _setting_name() -> str:
+@functools.lru_cache(maxsize=4)
+def _derived_key(secret: str) -> bytes:
+    return hmac.new(secret.encode(), b"data_arch.tenancy.rls-context", hashlib.sha256).digest()
+
+
+def _key() -> bytes:
+    from django.conf import settings
+
     from data_arch.conf import tenancy_settings
 
-    return tenancy_settings().rls_setting
+    return _derived_key(tenancy_settings().rls_secret or settings.SECRET_KEY)
+
+
+def secret_pads() -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer pads of the signing key: what the database stores, so it
+    can verify a MAC with the built-in sha256() and never holds the key itself."""
+    block = _key().ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+
+
+def signed_value(value: str, backend_pid: int) -> str:
+    """``value`` (a tenant id) as the signed setting holds it for server process ``backend_pid``.
+
+    The MAC binds the id to one server process, so a value read from another session (its
+    statement text is visible in pg_stat_activity to the same role) verifies nowhere else.
+    """
+    if not value:
+        return value
+    mac = hmac.new(_key(), f"{value}/{backend_pid}".encode(), hashlib.sha256).hexdigest()
+    return f"{value}:{mac}"
+
+
+def _setting_pair(raw_connection: Any) -> tuple[str, str]:
+    from data_arch.conf import tenancy_settings
+
+    config = tenancy_settings()
+    value = tenant_setting_value()
+    if config.signed_context and value:
+        value = signed_value(value, raw_connection.info.backend_pid)
+    return config.rls_setting, value
 
 
 def _literal(value: str, raw_connection: Any) -> str:
@@ -65,15 +128,27 @@ def _literal(value: str, raw_connection: Any) -> str:
 
 
 def _search_path(connection: Any) -> str | None:
-    """django-tenants' search_path for the connection's current schema, or None."""
-    paths = schema_backend.search_path(connection)
+    """The search_path a statement on ``connection`` runs with, or None (no schemas).
+
+    The current tenant's schema when one is set: the connection object belongs to a thread,
+    and under ASGI the thread that runs a ``sync_to_async`` call (or an async ORM method) is
+    not the one whose ``tenant_context`` is current -- the contextvar is. Without a tenant
+    schema, django-tenants' own choice for the connection (``schema_context``, migrations).
+    """
+    if not schema_backend.is_schema_connection(connection):
+        return None
+    tenant = current_tenant()
+    if tenant is not None and tenant.schema_name is not None:
+        paths = schema_backend.search_path_for(tenant.schema_name)
+    else:
+        paths = schema_backend.search_path(connection)
     if paths is None:
         return None
     return ", ".join(connection.ops.quote_name(path) for path in paths)
 
 
-def _settings(connection: Any) -> list[tuple[str, str]]:
-    pairs = [(_setting_name(), tenant_setting_value())]
+def _settings(connection: Any, raw_connection: Any = None) -> list[tuple[str, str]]:
+    pairs = [_setting_pair(raw_connection if raw_connection is not None else connection.connection)]
     search_path = _search_path(connection)
     if search_path is not None:
         # django-tenants sets search_path for the whole session when a cursor is opened; this
@@ -81,6 +156,133 @@ def _settings(connection: Any) -> list[tuple[str, str]]:
         # connection to someone else in between cannot put the statement in a wrong schema.
         pairs.append(("search_path", search_path))
     return pairs
+
+
+# raw connection -> [(server-side cursor, the tenant value it was opened with)], for the cursors
+# opened inside a transaction (a WITH HOLD cursor is materialised at its commit).
+_server_cursors: weakref.WeakKeyDictionary[Any, list[tuple[Any, str]]] = weakref.WeakKeyDictionary()
+
+
+def _open_server_cursors(raw_connection: Any) -> list[tuple[Any, str]]:
+    entries = _server_cursors.get(raw_connection)
+    if not entries:
+        return []
+    if raw_connection.info.transaction_status == TransactionStatus.IDLE:
+        entries.clear()  # no cursor without hold outlives its transaction
+        return []
+    entries[:] = [(ref, value) for ref, value in entries if ref() is not None and not ref().closed]
+    return entries
+
+
+def _refuse_while_pinned(raw_connection: Any, value: str, what: str) -> None:
+    for _ref, pinned in _open_server_cursors(raw_connection):
+        if pinned != value:
+            raise CrossTenantError(
+                f"{what} for tenant {value or '(none)'!r} refused: a server-side cursor "
+                f"(iterator()) opened for tenant {pinned or '(none)'!r} is still open on this "
+                "connection, and PostgreSQL applies the tenant policy at each FETCH; finish or "
+                "close that iterator first"
+            )
+
+
+def _set_config_statement(pairs: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    return "SELECT " + ", ".join([sql.SET_CONFIG] * len(pairs)), [v for p in pairs for v in p]
+
+
+def _django_connection(raw_connection: Any) -> Any:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is raw_connection:
+            return connection
+    return None
+
+
+def on_switch(leaving: str | None = None) -> None:
+    """The current tenant changed: give this thread's open transactions its values now.
+
+    Called by ``tenant_context`` after the context variable changed (``leaving`` is the tenant
+    value of the context being left, or None when entering). Refuses a switch to another tenant
+    while one of those transactions holds a server-side cursor of a different tenant; on leave,
+    closes the server-side cursors that were opened for the tenant being left.
+    """
+    from django.db import connections
+
+    value = tenant_setting_value()
+    for connection in connections.all(initialized_only=True):
+        raw_connection = getattr(connection, "connection", None)
+        if connection.vendor != "postgresql" or raw_connection is None or raw_connection.closed:
+            continue
+        if raw_connection.info.transaction_status != TransactionStatus.INTRANS:
+            continue  # no transaction (nothing to carry over) or an aborted one
+        if leaving is not None:
+            for ref, pinned in list(_open_server_cursors(raw_connection)):
+                if pinned == leaving and pinned != value:
+                    ref().close()
+        else:
+            _refuse_while_pinned(raw_connection, value, "switching to a tenant")
+        statement, values = _set_config_statement(_settings(connection))
+        raw_connection.execute(statement, values)
+
+
+def _guarded(base: type) -> type:
+    guarded = _GUARDED.get(base)
+    if guarded is None:
+        guarded = type(f"TenantGuarded{base.__name__}", (base,), {
+            "copy": _copy, "stream": _stream, "_data_arch_guarded": True,
+            "__module__": __name__,
+        })
+        _GUARDED[base] = guarded
+    return guarded
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _prepare_unwrapped(cursor: Any, what: str) -> None:
+    raw_connection = cursor.connection
+    value = tenant_setting_value()
+    _refuse_while_pinned(raw_connection, value, what)
+    connection = _django_connection(raw_connection)
+    pairs = (
+        _settings(connection, raw_connection) if connection is not None
+        else [_setting_pair(raw_connection)]
+    )
+    statement, values = _set_config_statement(pairs)
+    cursor.execute(statement, values)  # the driver's execute: no wrapper runs twice
+
+
+@contextlib.contextmanager
+def _copy(self: Any, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    base = super(type(self), self).copy
+    transaction = (
+        self.connection.transaction() if self.connection.autocommit else contextlib.nullcontext()
+    )
+    with transaction:
+        _prepare_unwrapped(self, "COPY")
+        with base(statement, params, **kwargs) as copy:
+            yield copy
+
+
+def _stream(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    base = super(type(self), self).stream
+    transaction = (
+        self.connection.transaction() if self.connection.autocommit else contextlib.nullcontext()
+    )
+    with transaction:
+        _prepare_unwrapped(self, "stream()")
+        yield from base(query, params, **kwargs)
+
+
+def install_copy_guard(connection: Any) -> None:
+    """Make ``cursor.copy()`` and ``cursor.stream()`` on ``connection`` run with the current
+    tenant's values (idempotent); Django's execute wrappers never see them."""
+    raw_connection = getattr(connection, "connection", None)
+    if raw_connection is None or not hasattr(raw_connection, "cursor_factory"):
+        return
+    factory = raw_connection.cursor_factory
+    if not getattr(factory, "_data_arch_guarded", False):
+        raw_connection.cursor_factory = _guarded(factory)
 
 
 def set_tenant(execute, sql_text, params, many, context):
@@ -93,7 +295,8 @@ def set_tenant(execute, sql_text, params, many, context):
         sql_text = sql_text.decode(raw_connection.info.encoding)
     if _PASS_THROUGH.match(sql_text):
         return execute(sql_text, params, many, context)
-    pairs = _settings(context["connection"])
+    _refuse_while_pinned(raw_connection, tenant_setting_value(), "a statement")
+    pairs = _settings(context["connection"], raw_connection)
     single_round_trip = (
         not many
         and isinstance(raw_cursor, psycopg.ClientCursor)
@@ -110,11 +313,15 @@ def set_tenant(execute, sql_text, params, many, context):
         # The cursor sits on set_config's result; move it to the caller's statement.
         raw_cursor.nextset()
         return result
-    statement = "SELECT " + ", ".join([sql.SET_CONFIG] * len(pairs))
-    values = [item for pair in pairs for item in pair]
+    statement, values = _set_config_statement(pairs)
     if raw_connection.autocommit:
         with raw_connection.transaction():
             raw_connection.execute(statement, values)
             return execute(sql_text, params, many, context)
     raw_connection.execute(statement, values)
-    return execute(sql_text, params, many, context)
+    result = execute(sql_text, params, many, context)
+    if isinstance(raw_cursor, psycopg.ServerCursor):
+        _server_cursors.setdefault(raw_connection, []).append(
+            (weakref.ref(raw_cursor), tenant_setting_value())
+        )
+    return result

@@ -12,16 +12,72 @@ Quote = Callable[[str], str]
 #: Name of the policy the RLS operation creates on every row-level table.
 POLICY_NAME = "data_arch_tenant_isolation"
 
+#: The signed tenant context: a one-row table of HMAC-SHA256 pads that only its owner can read,
+#: and the SECURITY DEFINER function the policy calls to verify the setting against them.
+SECRET_TABLE = "data_arch_rls_secret"
+VERIFY_FUNCTION = "data_arch_tenant_id"
 
-def tenant_predicate(quote: Quote, column: str, cast: str) -> str:
+
+def tenant_predicate(quote: Quote, column: str, cast: str, function: str | None = None) -> str:
     # '' and NULL both mean "no tenant": once a custom setting has been defined in a session,
     # current_setting(name, true) returns '' after the transaction that set it ends.
+    if function is not None:
+        # A scalar subquery: an InitPlan, so the function runs once per statement, not per row.
+        return f"{quote(column)} = (SELECT {function}(%s))::{cast}"
     return f"{quote(column)} = nullif(current_setting(%s, true), '')::{cast}"
 
 
-def enable_rls(quote: Quote, table: str, column: str, cast: str, setting: str):
+def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes):
+    """Statements (sql, params) creating the secret table and the verifying function.
+
+    The setting holds ``<tenant id>:<hex HMAC-SHA256(secret, "<tenant id>/<backend pid>")>``;
+    the function returns the tenant id when the MAC verifies for this server process, else
+    NULL. HMAC is computed from the stored pads with the built-in sha256() (no extension):
+    HMAC(K, m) = sha256((K xor opad) || sha256((K xor ipad) || m)).
+    """
+    table = f"{quote(schema)}.{quote(SECRET_TABLE)}"
+    function = f"{quote(schema)}.{quote(VERIFY_FUNCTION)}"
+    return [
+        (
+            f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
+            "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)",
+            None,
+        ),
+        (f"REVOKE ALL ON {table} FROM PUBLIC", None),
+        # Default privileges (ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES) give the new
+        # table to the application role too: take every grant back but the owner's.
+        (
+            "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
+            "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
+            f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
+            f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$",
+            None,
+        ),
+        (
+            f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
+            "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad",
+            [inner_pad, outer_pad],
+        ),
+        (
+            f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
+            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$ "
+            "SELECT substring(g.v FROM '^(.+):[0-9a-f]{64}$') FROM "
+            "(SELECT current_setting(setting, true) AS v) g, " + table + " s "
+            "WHERE g.v ~ '^.+:[0-9a-f]{64}$' AND right(g.v, 64) = encode(sha256(s.outer_pad || "
+            "sha256(s.inner_pad || convert_to(substring(g.v FROM '^(.+):[0-9a-f]{64}$') || '/' "
+            "|| pg_backend_pid()::text, 'UTF8'))), 'hex') $fn$",
+            None,
+        ),
+        (f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC", None),
+        (f"GRANT EXECUTE ON FUNCTION {function}(text) TO PUBLIC", None),
+    ]
+
+
+def enable_rls(
+    quote: Quote, table: str, column: str, cast: str, setting: str, function: str | None = None
+):
     """Statements (sql, params) that enable and force RLS and create the tenant policy."""
-    predicate = tenant_predicate(quote, column, cast)
+    predicate = tenant_predicate(quote, column, cast, function)
     return [
         (f"ALTER TABLE {quote(table)} ENABLE ROW LEVEL SECURITY", None),
         (f"ALTER TABLE {quote(table)} FORCE ROW LEVEL SECURITY", None),
@@ -69,6 +125,8 @@ def drop_constraint(quote: Quote, table: str, name: str) -> str:
 
 SET_CONFIG = "set_config(%s, %s, true)"
 
+CURRENT_SCHEMA = "SELECT current_schema()"
+
 TABLE_SECURITY = """
 SELECT c.relrowsecurity, c.relforcerowsecurity,
        pg_has_role(c.relowner, 'MEMBER') AS owned,
@@ -87,3 +145,14 @@ FROM pg_constraint con WHERE con.conrelid = to_regclass(%s) AND con.contype IN (
 """
 
 ROLE = "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+
+#: (schema, table) pairs of ``%s`` schemas x ``%s`` tables where the schema exists and the table
+#: does not: with django-tenants' search_path ("<tenant>", public) such a table resolves to
+#: public's table of that name, if there is one.
+MISSING_SCHEMA_TABLES = """
+SELECT s.name, t.name
+FROM unnest(%s::text[]) AS s(name) CROSS JOIN unnest(%s::text[]) AS t(name)
+WHERE EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = s.name)
+  AND to_regclass(format('%%I.%%I', s.name, t.name)) IS NULL
+ORDER BY 1, 2
+"""

@@ -10,7 +10,7 @@ from django.db import connections
 from data_arch.tenancy import sql
 from data_arch.tenancy.context import current_tenant
 
-__all__ = ["TableStatus", "table_status"]
+__all__ = ["TableStatus", "missing_tenant_tables", "table_status", "tenant_app_tables"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,3 +49,51 @@ def table_status(alias: str = "default") -> list[TableStatus]:
 
 def as_dict(status: TableStatus) -> dict[str, Any]:
     return dataclasses.asdict(status)
+
+
+def tenant_app_tables() -> list[str]:
+    """The tables every tenant schema must have: those of django-tenants' TENANT_APPS that are
+    not shared (SHARED_APPS), auto-created many-to-many tables included."""
+    from django.apps import apps
+    from django.conf import settings
+
+    shared = set(getattr(settings, "SHARED_APPS", ()))
+    tables: set[str] = set()
+    for name in getattr(settings, "TENANT_APPS", ()):
+        if name in shared:
+            continue
+        config = next((c for c in apps.get_app_configs() if c.name == name), None)
+        if config is None:
+            continue
+        for model in config.get_models(include_auto_created=True):
+            if model._meta.managed and not model._meta.proxy:
+                tables.add(model._meta.db_table)
+    return sorted(tables)
+
+
+def missing_tenant_tables(alias: str = "default") -> list[tuple[str, str]]:
+    """(schema, table) for each tenant schema on ``alias`` that lacks a TENANT_APPS table.
+
+    django-tenants puts ``public`` after the tenant's schema on the search_path, so a query of
+    such a table would silently read and write ``public.<table>`` (every tenant's, shared) when
+    one exists there. Tenants without a schema of their own (row-level only) are skipped.
+    """
+    from data_arch.tenancy.registry import public_schema_name, tenant_model
+
+    model = tenant_model()
+    tables = tenant_app_tables()
+    if model is None or not tables or not any(f.name == "schema_name" for f in model._meta.fields):
+        return []
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if model._meta.db_table not in connection.introspection.table_names(cursor):
+            return []  # not migrated yet (``migrate`` runs the database checks first)
+    schemas = list(
+        model.objects.using(alias).exclude(schema_name=public_schema_name())
+        .values_list("schema_name", flat=True)
+    )
+    if not schemas:
+        return []
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql.MISSING_SCHEMA_TABLES, [schemas, tables])
+        return [(schema, table) for schema, table in cursor.fetchall()]

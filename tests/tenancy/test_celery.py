@@ -81,6 +81,21 @@ def test_a_task_cannot_reach_another_tenants_rows(billed, celery_worker):
     assert not Invoice.unscoped.filter(number="CROSS").exists()
 
 
+def test_a_header_whose_pk_and_schema_belong_to_different_tenants_is_refused(
+    billed, tenant, celery_worker
+):
+    (a, _b, _c), _accounts = billed
+    forged = {"pk": a.pk, "schema_name": tenant.schema_name}  # a's id, another tenant's schema
+    result = invoice_numbers.apply_async(headers={HEADER: forged})
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=WAIT)
+    assert type(raised.value).__name__ == "InvalidTenantError"
+    assert "belong to different tenants" in str(raised.value)
+    unknown = invoice_numbers.apply_async(headers={HEADER: {"pk": 987654, "schema_name": None}})
+    with pytest.raises(Exception, match="no tenant has primary key 987654"):
+        unknown.get(timeout=WAIT)
+
+
 @pytest.mark.parametrize(
     "header", [{"pk": 1, "schema_name": "bad;name"}, {"pk": 1, "extra": 2}, "tenant_a"]
 )

@@ -109,3 +109,20 @@ def test_bad_tenancy_settings_are_named(tenancy, fragment):
     with override_settings(DATA_ARCH={"TENANCY": tenancy}):
         errors = conf.configuration_errors()
     assert any(fragment in error for error in errors), errors
+
+
+def test_a_tenant_schema_missing_a_tenant_app_table_is_an_error(tenant_schemas):
+    from data_arch.tenancy.checks import check_tenant_schemas
+    from example_project.customers.models import Client
+
+    assert [m for m in check_tenant_schemas(databases=["default"])] == []
+    gap = Client(schema_name="tenant_gap", name="Gap")
+    gap.auto_create_schema = False
+    gap.save()
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE SCHEMA tenant_gap")
+        cursor.execute("CREATE TABLE tenant_gap.shop_customer (LIKE tenant_a.shop_customer)")
+    (message,) = check_tenant_schemas(databases=["default"])
+    assert message.id == "data_arch.E105"
+    assert "'tenant_gap'" in message.msg and "shop_order" in message.msg
+    assert "shop_customer," not in message.msg and "public" in message.msg

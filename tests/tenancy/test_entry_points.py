@@ -17,6 +17,19 @@ from example_project.billing.models import Account
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
+#: The tenant header on, for tests of what a resolved tenant does (who may use it: below).
+WITH_HEADER = override_settings(DATA_ARCH={
+    "TENANCY": {"HEADER": "X-Tenant", "AUTHORIZE": "tests.tenancy.test_entry_points.allow_all"},
+})
+
+
+def allow_all(request, tenant):
+    return True
+
+
+def allow_none(request, tenant):
+    return False
+
 
 @pytest.fixture
 def accounts(row_tenants):
@@ -38,6 +51,7 @@ async def async_view(request):
     return HttpResponse(",".join([a.email async for a in Account.objects.all()]))
 
 
+@WITH_HEADER
 def test_header_selects_the_tenant_sync(accounts):
     made, schemas = accounts
     middleware = TenantMiddleware(sync_view)
@@ -47,6 +61,7 @@ def test_header_selects_the_tenant_sync(accounts):
     assert current_tenant() is None
 
 
+@WITH_HEADER
 def test_header_selects_the_tenant_async(accounts):
     made, schemas = accounts
     middleware = TenantMiddleware(async_view)
@@ -73,6 +88,7 @@ def test_subdomain_selects_the_tenant(accounts):
     assert TenantMiddleware(sync_view)(request).content.decode() == "s@subco.com"
 
 
+@WITH_HEADER
 @pytest.mark.parametrize(
     ("value", "status"), [("bad;name", 400), ("pg_catalog", 400), ("x" * 64, 400), ("nobody", 404)]
 )
@@ -174,6 +190,7 @@ def test_admin_on_a_tenant_host_lists_and_creates_that_tenants_rows(tenant, djan
     assert Invoice.unscoped.get(number="ADM-NEW").tenant_id == tenant.pk
 
 
+@WITH_HEADER
 def test_concurrent_async_requests_keep_their_own_tenant(accounts):
     import asyncio
 
@@ -197,3 +214,108 @@ def test_concurrent_async_requests_keep_their_own_tenant(accounts):
 
     expected = [f"{made[pk].email},{made[pk].email}" for pk in schemas] * 3
     assert async_to_sync(many)() == expected
+
+
+# --------------------------------------------------------------------------- who picks the tenant
+
+
+def _seen_tenant(request, **headers):
+    seen = []
+    middleware = TenantMiddleware(lambda r: seen.append(current_tenant()) or HttpResponse())
+    response = middleware(request)
+    return response.status_code, (seen[0] if seen else "not called")
+
+
+def _subco():
+    from example_project.customers.models import Client
+
+    client = Client(schema_name="subco", name="Sub Co")
+    client.auto_create_schema = False
+    client.save()
+    return client
+
+
+def test_the_header_is_off_by_default(accounts):
+    _made, schemas = accounts
+    request = RequestFactory().get("/", HTTP_X_TENANT=next(iter(schemas.values())))
+    assert _seen_tenant(request) == (200, None)
+
+
+@override_settings(DATA_ARCH={"TENANCY": {
+    "HEADER": "X-Tenant", "SUBDOMAIN": True,
+    "AUTHORIZE": "tests.tenancy.test_entry_points.allow_all",
+}})
+def test_the_header_never_overrides_a_host_resolved_tenant(accounts, tenant):
+    _made, schemas = accounts
+    other = next(iter(schemas.values()))
+    subco = _subco()
+    request = RequestFactory().get("/", HTTP_HOST="subco.localhost", HTTP_X_TENANT=other)
+    assert _seen_tenant(request)[1].pk == subco.pk
+    request = RequestFactory().get("/", HTTP_X_TENANT=other)
+    request.tenant = tenant  # what django-tenants resolved from the host
+    assert _seen_tenant(request)[1].schema_name == tenant.schema_name
+
+
+@pytest.mark.parametrize(("hook", "status"), [("allow_none", 403), ("allow_all", 200)])
+def test_the_header_on_a_public_host_is_gated_by_the_authorize_hook(accounts, hook, status):
+    from example_project.customers.models import Client
+
+    made, schemas = accounts
+    pk, schema = next(iter(schemas.items()))
+    request = RequestFactory().get("/admin/", HTTP_X_TENANT=schema)
+    request.tenant = Client(schema_name="public", name="public")  # an unknown host's fallback
+    with override_settings(DATA_ARCH={"TENANCY": {
+        "HEADER": "X-Tenant", "AUTHORIZE": f"tests.tenancy.test_entry_points.{hook}",
+    }}):
+        code, seen = _seen_tenant(request)
+    assert code == status
+    assert (seen.pk == pk) if status == 200 else seen == "not called"
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "message"),
+    [({"HEADER": "X-Tenant"}, "AUTHORIZE"),
+     ({"HEADER": "X-Tenant", "AUTHORIZE": "no.such.hook"}, "cannot be imported"),
+     ({"AUTHORIZE": "tests.tenancy.test_entry_points.WITH_HEADER.nothing"}, "cannot be imported"),
+     ({"NON_TENANT_SUBDOMAINS": "www"}, "list of host labels")],
+)
+def test_tenancy_settings_errors_name_the_key(tenancy, message):
+    from data_arch import conf
+
+    with override_settings(DATA_ARCH={"TENANCY": tenancy}):
+        errors = conf.configuration_errors()
+    assert len(errors) == 1 and message in errors[0] and "TENANCY" in errors[0]
+
+
+@override_settings(DATA_ARCH={"TENANCY": {"SUBDOMAIN": True, "NON_TENANT_SUBDOMAINS": ["www", "api"]}})
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.1:8000", "[::1]:8000", "www.localhost", "www.example.com",
+             "api.example.com", "10.0.0.7:80"],
+)
+def test_subdomain_ignores_ip_hosts_and_non_tenant_labels(accounts, host):
+    request = RequestFactory().get("/", HTTP_HOST=host)
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        assert _seen_tenant(request) == (200, None)
+
+
+@override_settings(ROOT_URLCONF="tests.tenancy.urls",
+                   MIDDLEWARE=["data_arch.tenancy.middleware.TenantMiddleware"])
+@pytest.mark.parametrize("client_class", ["sync", "async"])
+def test_a_tenant_only_view_without_a_tenant_is_a_404_not_a_500(accounts, client_class):
+    from django.test import AsyncClient, Client
+
+    if client_class == "sync":
+        response = Client(raise_request_exception=False).get("/accounts/")
+    else:
+        response = async_to_sync(AsyncClient(raise_request_exception=False).get)("/accounts/")
+    assert response.status_code == 404
+    assert b"@" not in response.content
+
+
+@override_settings(DATA_ARCH={"TENANCY": {
+    "HEADER": "X-Tenant", "LOOKUP_FIELD": "id",
+    "AUTHORIZE": "tests.tenancy.test_entry_points.allow_all",
+}})
+@pytest.mark.parametrize(("value", "status"), [("abc", 400), ("1.5", 400), ("99999999", 404)])
+def test_a_malformed_reference_is_a_400_for_every_lookup_field(accounts, value, status):
+    assert _seen_tenant(RequestFactory().get("/", HTTP_X_TENANT=value))[0] == status

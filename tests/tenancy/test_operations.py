@@ -49,5 +49,6 @@ def test_sqlmigrate_shows_the_policy_sql():
     call_command("sqlmigrate", "billing", "0001", stdout=out)
     sql = out.getvalue()
     assert 'FORCE ROW LEVEL SECURITY' in sql
-    assert "nullif(current_setting('data_arch.tenant_id', true), '')::bigint" in sql
+    assert """= (SELECT "public"."data_arch_tenant_id"('data_arch.tenant_id'))::bigint""" in sql
+    assert "SECURITY DEFINER" in sql
     assert 'PRIMARY KEY ("tenant_id", "id")' in sql
