@@ -42,3 +42,47 @@ class MaintenanceRun(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+class _Page(models.Model):
+    """An admin page that is not a table: no rows are ever read or written through it; the
+    model exists so the page has a place in the admin index and its own permissions."""
+
+    class Meta:
+        abstract = True
+        managed = False
+        default_permissions = ("view", "change")
+
+
+class PartitionedTable(_Page):
+    """Admin page: partitioned tables per schema, with plan and apply."""
+
+    class Meta(_Page.Meta):
+        db_table = "data_arch_page_partitions"
+        verbose_name = "partitioned table"
+
+
+class ReplicaStatus(_Page):
+    """Admin page: each replica's health verdict in the web process."""
+
+    class Meta(_Page.Meta):
+        db_table = "data_arch_page_replicas"
+        verbose_name = "replica"
+        verbose_name_plural = "replicas"
+
+
+class CacheNamespace(_Page):
+    """Admin page: invalidate a tenant's (or the shared) cache namespace."""
+
+    class Meta(_Page.Meta):
+        db_table = "data_arch_page_cache"
+        verbose_name = "cache namespace"
+
+
+class TenantHealth(_Page):
+    """Admin page: tenants and the partition health of their schemas."""
+
+    class Meta(_Page.Meta):
+        db_table = "data_arch_page_tenants"
+        verbose_name = "tenant"
+        verbose_name_plural = "tenants"

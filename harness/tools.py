@@ -50,3 +50,26 @@ def promtool() -> str:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(binary, cached)
     return str(cached)
+
+
+def chromium() -> tuple[str, str]:
+    """``(browser, driver)``: Debian's ``chromium`` and ``chromium-driver``, installed with
+    apt-get when missing and running as root."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ToolMissing("no chromium + chromedriver: install them "
+                          "(Debian: apt-get install chromium chromium-driver)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    installed = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
+        capture_output=True, text=True, env=env,
+    )
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if installed.returncode != 0 or not (browser and driver):
+        raise ToolMissing(f"apt-get install chromium chromium-driver failed: "
+                          f"{installed.stderr.strip()[-300:]}")
+    return browser, driver
