@@ -41,7 +41,9 @@ DEFAULT_ROWS_CAP = 100_000
 
 _PARTITIONS_SQL = """
 SELECT parent.relname, child.relname, pg_get_expr(child.relpartbound, child.oid),
-       i.inhdetachpending, n.nspname
+       i.inhdetachpending, n.nspname,
+       CASE WHEN child.relkind = 'r' AND pg_get_expr(child.relpartbound, child.oid) = 'DEFAULT'
+            THEN pg_relation_size(child.oid) > 0 END
   FROM pg_inherits i
   JOIN pg_class parent ON parent.oid = i.inhparent AND parent.relkind = 'p'
   JOIN pg_namespace n ON n.oid = parent.relnamespace
@@ -138,8 +140,10 @@ class StateCollector:
         with connections["default"].cursor() as cursor:
             cursor.execute(_PARTITIONS_SQL, [tables])
             rows = cursor.fetchall()
-            defaults = [(schema, child) for table, child, bound, _, schema in rows
-                        if bound == "DEFAULT"]
+            # A table with a row has a page on disk; empty defaults (the normal case) are
+            # not counted at all.
+            defaults = [(schema, child) for table, child, bound, _, schema, used in rows
+                        if bound == "DEFAULT" and used]
             counts: dict[tuple[str, str], int] = {}
             if defaults:
                 quote = connections["default"].ops.quote_name
@@ -154,7 +158,7 @@ class StateCollector:
         per_table: dict[str, dict[str, Any]] = {
             t: {"partitions": 0, "default_rows": 0, "pending": 0, "ends": {}} for t in tables
         }
-        for table, child, bound, pending, schema in rows:
+        for table, child, bound, pending, schema, _used in rows:
             entry = per_table[table]
             entry["ends"].setdefault(schema, None)
             entry["partitions"] += 1
