@@ -10,7 +10,7 @@ Installed by :func:`data_arch.wiring.install` when ``prometheus_client`` is impo
   schemas there are: replica health and lag (this process's verdicts), partitions per table,
   months covered ahead (the fewest over all schemas), rows in default partitions (summed, each
   counted up to 100,001), pending detaches, maintenance runs (last success, last duration,
-  failures in the last 24 hours).
+  failures in the last 24 hours, last duration); and data_arch's Celery task runs by outcome.
 
 Labels are bounded: aliases, table names, job names, fixed reasons -- never a tenant or a key.
 Under several processes (gunicorn, Celery) set ``PROMETHEUS_MULTIPROC_DIR`` and route
@@ -216,6 +216,12 @@ class StateCollector:
                     failures=Count("id", filter=Q(outcome="failed", started_at__gte=since)),
                 )
             )
+            durations = {
+                job: (finished - started).total_seconds()
+                for job, started, finished in MaintenanceRun.objects.using("default")
+                .filter(outcome="ok").order_by("job", "-finished_at").distinct("job")
+                .values_list("job", "started_at", "finished_at")
+            }
         except DatabaseError:
             connections["default"].close()
             return  # not migrated yet
@@ -225,11 +231,39 @@ class StateCollector:
         failures = GaugeMetricFamily("data_arch_maintenance_failures_24h",
                                      "Failed runs of the job in the last 24 hours.",
                                      labels=["job"])
+        duration = GaugeMetricFamily("data_arch_maintenance_last_duration_seconds",
+                                     "How long the job's last successful run took.",
+                                     labels=["job"])
         for row in rows:
             if row["last_ok"] is not None:
                 last.add_metric([row["job"]], row["last_ok"].timestamp())
             failures.add_metric([row["job"]], row["failures"])
-        yield from (last, failures)
+        for job, seconds in durations.items():
+            duration.add_metric([job], seconds)
+        yield from (last, failures, duration)
+
+
+def _count_tasks(client: Any, registry: Any) -> None:
+    """``data_arch_task_runs_total{task, outcome}`` for data_arch's own Celery tasks."""
+    try:
+        from celery import signals
+    except ImportError:
+        return
+    runs = client.Counter("data_arch_task_runs_total",
+                          "data_arch Celery task runs by outcome (success, failure, retry).",
+                          ["task", "outcome"], registry=registry)
+
+    def counter(outcome: str) -> Any:
+        def receive(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+            name = getattr(sender, "name", None) or getattr(request, "task", None) or ""
+            if isinstance(name, str) and name.startswith("data_arch."):
+                runs.labels(name, outcome).inc()
+
+        return receive
+
+    for outcome, signal in (("success", signals.task_success), ("failure", signals.task_failure),
+                            ("retry", signals.task_retry)):
+        signal.connect(counter(outcome), weak=False, dispatch_uid=f"data_arch.metrics.{outcome}")
 
 
 def install(registry: Any = None) -> StateCollector:
@@ -263,6 +297,7 @@ def install(registry: Any = None) -> StateCollector:
                 retries.labels(alias, label).inc()
 
         router_metrics.add_listener(listener)
+        _count_tasks(client, registry)
         collector = StateCollector()
         if not multiprocess_dir():
             registry.register(collector)  # multiprocess: metrics_view adds it per scrape

@@ -85,3 +85,4 @@ def test_maintenance_runs_give_the_last_success():
     assert stamp is not None
     assert abs(stamp - dt.datetime.now(dt.UTC).timestamp()) < 120
     assert _value(samples, "data_arch_maintenance_failures_24h", job="partitions") == 0
+    assert _value(samples, "data_arch_maintenance_last_duration_seconds", job="partitions") >= 0

@@ -103,11 +103,16 @@ def test_two_web_workers_and_a_celery_worker_are_summed(request, tmp_path, redis
         tasks = 7
         for _ in range(tasks):
             assert cache_read.apply_async(args=["mp-task"], queue="multiprocess").get(timeout=60) == 1
+        from data_arch.tasks import refresh_replica_health
+
+        assert refresh_replica_health.apply_async(queue="multiprocess").get(timeout=60)["ok"]
         text = _get(f"{base}/metrics").decode()
         print(f"multiprocess: {requests} requests over {len(pids)} web workers, {tasks} tasks")
         assert len(pids) == 2, pids
         assert _events(text, "mp-web") == requests
         assert _events(text, "mp-task") == tasks
+        assert ('data_arch_task_runs_total{outcome="success",'
+                'task="data_arch.tasks.refresh_replica_health"} 1.0') in text
         assert "data_arch_partition_months_ahead" in text  # the state gauges, added once
         assert text.count("# TYPE data_arch_partition_months_ahead") == 1
     finally:
