@@ -254,3 +254,88 @@ def test_binaries_the_service_user_cannot_reach_are_copied_where_it_can(tmp_path
     usable = services._accessible_bindir(found, user)
     assert usable.bindir != found.bindir
     assert services._runs_as(user, usable.bindir)  # postgres, initdb and pg_basebackup, with their libraries
+
+
+# --------------------------------------------------------------------------- a second OS user
+
+SECOND_USER = "data_arch_peer"
+
+
+def _second_user() -> str:
+    """A non-root OS user (created when missing), or a skip saying why there is none."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create and switch to a second OS user")
+    try:
+        pwd.getpwnam(SECOND_USER)
+    except KeyError:
+        if not shutil.which("useradd"):
+            pytest.skip("needs useradd to create a second OS user")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SECOND_USER],
+            check=True, capture_output=True,
+        )
+    return SECOND_USER
+
+
+def _python_for(user: str) -> str:
+    """This Python, or the system's of the same version, if ``user`` can run it."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for executable in (sys.executable, f"/usr/bin/python{version}"):
+        if os.path.exists(executable) and subprocess.run(
+            ["runuser", "-u", user, "--", executable, "-c", "pass"], capture_output=True
+        ).returncode == 0:
+            return executable
+    pytest.skip(f"user {user!r} can run neither {sys.executable} nor a system Python {version}")
+
+
+def _as_user(user: str, code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as ``user`` with this environment's packages and the project importable."""
+    import sysconfig
+
+    preamble = (
+        "import site, sys, types\n"
+        f"site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        # redis-py imports async_timeout on Python < 3.11.3 (a system Python may be older
+        # than the one these packages were installed for); asyncio has the same function.
+        "if sys.version_info < (3, 11, 3):\n"
+        "    import asyncio\n"
+        "    sys.modules.setdefault('async_timeout', types.SimpleNamespace(timeout=asyncio.timeout))\n"
+    )
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **env}
+    for key in ("DATA_ARCH_POSTGRES", "DATA_ARCH_REDIS"):
+        if key in os.environ and key not in env:
+            environ[key] = os.environ[key]
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in environ.items()),
+         _python_for(user), "-c", preamble + code],
+        cwd="/", capture_output=True, text=True, timeout=180,
+    )
+
+
+@pytest.mark.slow
+def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_services):
+    user = _second_user()
+    binaries = services.find_postgres()
+    if not services._runs_as(user, binaries.bindir):
+        pytest.skip(f"user {user!r} cannot run {binaries.describe()}")
+    # Root uses the harness first: its state folder exists before the other user's run.
+    services.start_services(
+        environ={"DATABASE_URL": data_arch_services.database_url, "REDIS_URL": data_arch_services.redis_url}
+    ).stop()
+    code = (
+        "import psycopg, redis\n"
+        "from harness import services\n"
+        "for _ in range(2):\n"
+        "    with services.start_services(replica=False) as started:\n"
+        "        with psycopg.connect(started.database_url) as conn:\n"
+        "            print('postgres', conn.execute('SELECT current_user').fetchone()[0])\n"
+        "        print('redis', redis.Redis.from_url(started.redis_url).ping())\n"
+        "    print('stopped', started.workdir)\n"
+    )
+    result = _as_user(user, code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["postgres postgres", "redis True", "stopped None"] * 2
+    assert "Traceback" not in result.stderr
