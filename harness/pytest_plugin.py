@@ -62,3 +62,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _STARTED = None
         fixtures.register_services(None)
         os.environ.pop("DATA_ARCH_SERVICES_RUNNING", None)
+
+
+@pytest.fixture
+def failover_pair():
+    """A throwaway PostgreSQL primary + streaming replica for one test to promote (see
+    :class:`harness.services.FailoverPair`); the session's servers are not touched."""
+    binaries = _STARTED.binaries if _STARTED is not None else None
+    try:
+        pair = _services.start_failover_pair(binaries=binaries)
+    except _services.ServiceError as exc:
+        pytest.skip(f"cannot start a PostgreSQL pair to promote: {exc}")
+    try:
+        yield pair
+    finally:
+        pair.stop()
