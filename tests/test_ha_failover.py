@@ -54,6 +54,8 @@ def test_writes_resume_on_the_promoted_replica(failover_pair, ha_alias):
     old_port, new_port = failover_pair.primary.port, failover_pair.replica.port
     with connections[ha_alias].cursor() as cursor:
         cursor.execute("CREATE TABLE ha_writes (n int PRIMARY KEY, at timestamptz DEFAULT now())")
+    with psycopg.connect(failover_pair.url("standby")) as conn:  # the replica alias's choice
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (new_port,)
     acked: dict[int, int] = {}  # n -> port that acknowledged it
     for n in range(20):
         acked[n] = _write(ha_alias, n)
@@ -93,3 +95,6 @@ def test_writes_resume_on_the_promoted_replica(failover_pair, ha_alias):
         present = {row[0] for row in conn.execute("SELECT n FROM ha_writes")}
     assert set(acked) - present == set(), "acknowledged writes lost in the failover"
     assert not failover_pair.former_primary.running
+    # With no standby left, prefer-standby falls back to the new primary.
+    with psycopg.connect(failover_pair.url("prefer-standby")) as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (new_port,)

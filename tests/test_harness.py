@@ -290,7 +290,7 @@ def _python_for(user: str) -> str:
     pytest.skip(f"user {user!r} can run neither {sys.executable} nor a system Python {version}")
 
 
-def _as_user(user: str, code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _as_user(user: str, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as ``user`` with this environment's packages and the project importable."""
     import sysconfig
 
@@ -310,7 +310,7 @@ def _as_user(user: str, code: str, **env: str) -> subprocess.CompletedProcess[st
             environ[key] = os.environ[key]
     return subprocess.run(
         ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in environ.items()),
-         _python_for(user), "-c", preamble + code],
+         _python_for(user), "-c", preamble + code, *args],
         cwd="/", capture_output=True, text=True, timeout=180,
     )
 
@@ -328,14 +328,91 @@ def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_ser
     code = (
         "import psycopg, redis\n"
         "from harness import services\n"
-        "for _ in range(2):\n"
+        "for _ in range(int(sys.argv[1])):\n"
         "    with services.start_services(replica=False) as started:\n"
         "        with psycopg.connect(started.database_url) as conn:\n"
         "            print('postgres', conn.execute('SELECT current_user').fetchone()[0])\n"
         "        print('redis', redis.Redis.from_url(started.redis_url).ping())\n"
+        "        print('redis-server', started.redis.executable)\n"
         "    print('stopped', started.workdir)\n"
     )
-    result = _as_user(user, code)
+    result = _as_user(user, code, "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == ["postgres postgres", "redis True", "stopped None"] * 2
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if not line.startswith("redis-server")] == [
+        "postgres postgres", "redis True", "stopped None"
+    ] * 2
     assert "Traceback" not in result.stderr
+
+    # Not root and no redis-server on PATH: the server comes from the wheel.
+    wheel_server = services.find_wheel_redis_server()
+    if wheel_server is None:
+        pytest.skip("no wheel with a Redis server installed (extra embedded-redis)")
+    result = _as_user(user, code, "1", PATH="/nonexistent")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"redis-server {wheel_server}" in result.stdout.splitlines()
+
+
+# --------------------------------------------------------------------------- Redis from a wheel
+
+
+@pytest.fixture
+def wheel_redis(monkeypatch):
+    """DATA_ARCH_REDIS=wheel: the harness ignores any redis-server on PATH."""
+    monkeypatch.setenv("DATA_ARCH_REDIS", "wheel")
+    executable = services.find_wheel_redis_server()
+    if executable is None:
+        pytest.skip("no wheel with a Redis server installed (extra embedded-redis)")
+    assert services.find_redis_server() == executable
+    return executable
+
+
+def test_forced_wheel_redis_serves_the_cache_helpers(wheel_redis, tmp_path, settings):
+    from data_arch.caching import CacheAside, namespace, reset_engines
+    from data_arch.caching.engine import Spec
+    from data_arch.tenancy import Tenant
+
+    # An error from this server must fail the test, not be absorbed by fail-open.
+    data_arch = {key: dict(value) for key, value in settings.DATA_ARCH.items()}
+    data_arch.setdefault("CACHE", {})["FAIL_OPEN"] = False
+    settings.DATA_ARCH = data_arch
+    reset_engines()
+
+    assert shutil.which("redis-server") != wheel_redis
+    server = services.RedisServer(wheel_redis, tmp_path / "redis", services.free_port())
+    server.start()
+    client = redis.Redis.from_url(server.url())
+    engine = CacheAside("default", client=client)
+    try:
+        info = client.info("server")
+        ns = namespace(Tenant(pk=1, schema_name="tenant_1"))
+        spec = Spec(name="smoke", timeout=60, tags=("smoke",))
+        loads = []
+        for _ in range(3):
+            assert engine.get_or_load(ns, "k", spec, lambda: loads.append(1) or {"v": 1}) == {"v": 1}
+        assert len(loads) == 1
+        engine.bump([ns.tag_generation("smoke")])
+        assert engine.get_or_load(ns, "k", spec, lambda: "reloaded") == "reloaded"
+        print(f"\nwheel server {wheel_redis}: redis_version {info['redis_version']}")
+    finally:
+        engine.close()
+        client.close()
+        server.stop()
+        reset_engines()
+    assert not _port_open(server.port)
+
+
+@pytest.mark.slow
+def test_forced_wheel_redis_forms_a_cluster(wheel_redis):
+    with services.start_redis_cluster() as cluster:
+        assert all(
+            Path(p.args[0]) == Path(wheel_redis) for p in cluster.processes
+        )
+        client = cluster.client()
+        try:
+            for n in range(20):
+                client.set(f"{{t{n}}}:k", n)
+            assert [int(client.get(f"{{t{n}}}:k")) for n in range(20)] == list(range(20))
+            assert len({client.get_node_from_key(f"{{t{n}}}:k").name for n in range(20)}) > 1
+        finally:
+            client.close()
