@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Children", "STOP_SIGNALS", "Terminated", "group_alive", "signals_deferred", "signals_raise"]
@@ -64,14 +65,29 @@ def signals_deferred() -> Iterator[list[int]]:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process (zombies included) is still in process group ``pgid``."""
+    """Whether any process that has not exited is still in process group ``pgid``.
+
+    Exited members wait as zombies until their parent (or init, for orphans) reaps them,
+    which some init processes do only every second or two; on Linux they do not count.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 class Children:
