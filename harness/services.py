@@ -652,6 +652,17 @@ def _install_cleanup() -> None:
                 signal.signal(signum, on_signal)
 
 
+def _is_redis_on(pid: int, info: dict[str, object]) -> bool:
+    """Whether ``pid`` is still the Redis server a state file recorded, not a process that got
+    its pid since. Its title (``redis-server 127.0.0.1:PORT``) names the port."""
+    port = info.get("redis_port")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return port is None and not Path("/proc/self").exists()  # no /proc: trust the pid
+    return port is not None and f":{port}" in cmdline
+
+
 def _own_state_root() -> Path:
     """``STATE_ROOT``, created if needed and checked to be this user's own directory."""
     uid = os.geteuid()
@@ -689,7 +700,7 @@ def _reap_orphans() -> None:
                     cmd = ["runuser", "-u", info["user"], "--", *cmd]
                 subprocess.run(cmd, capture_output=True)
         redis_pid = info.get("redis_pid")
-        if redis_pid and _pid_alive(int(redis_pid)):
+        if redis_pid and _pid_alive(int(redis_pid)) and _is_redis_on(int(redis_pid), info):
             with contextlib.suppress(OSError):
                 os.kill(int(redis_pid), signal.SIGTERM)
         shutil.rmtree(state.parent, ignore_errors=True)
@@ -772,6 +783,7 @@ def start_services(
             services.redis = RedisServer(find_redis_server(), workdir / "redis", free_port())
             services.redis.start()
             state["redis_pid"] = services.redis.process.pid if services.redis.process else None
+            state["redis_port"] = services.redis.port
             save_state()
             services.redis_url = services.redis.url()
     except BaseException:

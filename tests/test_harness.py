@@ -416,3 +416,25 @@ def test_forced_wheel_redis_forms_a_cluster(wheel_redis):
             assert len({client.get_node_from_key(f"{{t{n}}}:k").name for n in range(20)}) > 1
         finally:
             client.close()
+
+
+def test_the_reaper_leaves_a_process_that_reused_a_dead_runs_redis_pid(tmp_path, monkeypatch):
+    # A run killed with SIGKILL left a state file; its pids now belong to someone else.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(services, "STATE_ROOT", tmp_path)
+        state = tmp_path / f"{dead.pid}-x" / "state.json"
+        state.parent.mkdir()
+        state.write_text(
+            f'{{"owner": {dead.pid}, "postgres": [], "redis_pid": {bystander.pid}, '
+            f'"redis_port": {services.free_port()}}}'
+        )
+        services._reap_orphans()
+        assert not state.parent.exists()  # the dead run's state is cleaned up
+        time.sleep(0.2)
+        assert bystander.poll() is None, "the reaper signalled a process that is not its Redis"
+    finally:
+        bystander.kill()
+        bystander.wait()
