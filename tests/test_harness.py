@@ -169,20 +169,20 @@ def test_servers_of_a_killed_harness_are_reaped_by_the_next_one():
         [sys.executable, "-m", "harness.services", "--no-replica"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )
-    port = None
-    while port is None:
+    ports = {}
+    while len(ports) < 2:
         line = process.stdout.readline()
         assert line
-        if line.startswith("export DATABASE_URL="):
-            port = int(line.rsplit(":", 1)[1].split("/")[0])
+        if line.startswith(("export DATABASE_URL=", "export REDIS_URL=")):
+            ports[line.split("=")[0]] = int(line.rsplit(":", 1)[1].split("/")[0])
     process.kill()  # no cleanup runs: the servers are orphaned
     process.wait()
-    assert _port_open(port)
+    assert all(_port_open(port) for port in ports.values())
     services._reap_orphans()
     deadline = time.monotonic() + 10
-    while _port_open(port) and time.monotonic() < deadline:
+    while any(_port_open(port) for port in ports.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _port_open(port)
+    assert not any(_port_open(port) for port in ports.values()), ports
 
 
 @pytest.mark.parametrize(
