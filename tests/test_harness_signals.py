@@ -151,10 +151,11 @@ def test_sigterm_of_the_demo_stops_every_process_it_started():
         ports = _ports(lines)
         assert len(ports) == 3, lines  # primary, replica, Redis
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(60) == 128 + signal.SIGTERM
+        returncode = demo.wait(60)
         left = _left_after(token)
         assert left == {}, f"left running after SIGTERM of the demo (of {len(started)}): {left}"
         assert _open_ports(ports) == []
+        assert returncode == 128 + signal.SIGTERM
     finally:
         demo.kill()
         _kill_marked(token)
