@@ -5,6 +5,9 @@ a PostgreSQL primary, a streaming replica and Redis with :mod:`harness.services`
 ``DATABASE_URL``, ``REPLICA_URL`` and ``REDIS_URL`` that is set is checked and used instead --
 exports the three variables and registers the servers with
 :mod:`data_arch.testing.pytest_plugin`, whose fixtures the tests use.
+
+SIGTERM and SIGHUP are handled like Ctrl-C: pytest stops, tears its fixtures down (the Celery
+worker among them) and this plugin stops the services, instead of the process just dying.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import pytest
 
 from data_arch.testing import pytest_plugin as fixtures
+from harness import processes as _processes
 from harness import services as _services
 
 _STARTED: _services.Services | None = None
@@ -31,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config, parser, args):
     # Runs before pytest-django imports settings, so they see the URLs exported here.
     global _STARTED
+    _processes.signals_raise()
     wanted = not early_config.known_args_namespace.__dict__.get("no_data_arch_services")
     if wanted and not os.environ.get("DATA_ARCH_SERVICES_RUNNING"):
         try:
@@ -52,7 +57,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _STARTED
     if _STARTED is not None:
-        _STARTED.stop()
+        with _processes.signals_deferred():
+            _STARTED.stop()
         _STARTED = None
         fixtures.register_services(None)
         os.environ.pop("DATA_ARCH_SERVICES_RUNNING", None)
+
+
+@pytest.fixture
+def failover_pair():
+    """A throwaway PostgreSQL primary + streaming replica for one test to promote (see
+    :class:`harness.services.FailoverPair`); the session's servers are not touched."""
+    binaries = _STARTED.binaries if _STARTED is not None else None
+    try:
+        pair = _services.start_failover_pair(binaries=binaries)
+    except _services.ServiceError as exc:
+        pytest.skip(f"cannot start a PostgreSQL pair to promote: {exc}")
+    try:
+        yield pair
+    finally:
+        pair.stop()

