@@ -27,9 +27,10 @@ without passing through the wrapper would otherwise run with the previous statem
 * ``cursor.copy()`` and ``cursor.stream()`` (psycopg methods that Django's cursor hands straight
   to the driver) set them first (:func:`install_copy_guard`, called for every new connection);
 * a server-side cursor (``iterator()`` inside ``atomic()``) is read by ``FETCH``, and PostgreSQL
-  evaluates the policy at each ``FETCH``: while one is open, a statement for another tenant on
-  its connection, and a ``tenant_context`` switch to another tenant, raise
-  :class:`CrossTenantError`; leaving the ``tenant_context`` it was opened in closes it.
+  evaluates the policy at each ``FETCH``: while one is open on a connection subject to RLS, a
+  statement for another tenant on its connection, and a ``tenant_context`` switch to another
+  tenant, raise :class:`CrossTenantError`; leaving the ``tenant_context`` it was opened in
+  closes it.
 """
 
 from __future__ import annotations
@@ -161,6 +162,20 @@ def _settings(connection: Any, raw_connection: Any = None) -> list[tuple[str, st
 # raw connection -> [(server-side cursor, the tenant value it was opened with)], for the cursors
 # opened inside a transaction (a WITH HOLD cursor is materialised at its commit).
 _server_cursors: weakref.WeakKeyDictionary[Any, list[tuple[Any, str]]] = weakref.WeakKeyDictionary()
+
+
+# raw connection -> whether its role is subject to Row-Level Security (not superuser or
+# BYPASSRLS): only there does a FETCH depend on the tenant setting, so only there is a
+# server-side cursor pinned (maintenance aliases iterate across tenants freely).
+_rls_applies: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _subject_to_rls(raw_connection: Any) -> bool:
+    applies = _rls_applies.get(raw_connection)
+    if applies is None:
+        _user, superuser, bypass = raw_connection.execute(sql.ROLE).fetchone()
+        applies = _rls_applies[raw_connection] = not (superuser or bypass)
+    return applies
 
 
 def _open_server_cursors(raw_connection: Any) -> list[tuple[Any, str]]:
@@ -320,7 +335,7 @@ def set_tenant(execute, sql_text, params, many, context):
             return execute(sql_text, params, many, context)
     raw_connection.execute(statement, values)
     result = execute(sql_text, params, many, context)
-    if isinstance(raw_cursor, psycopg.ServerCursor):
+    if isinstance(raw_cursor, psycopg.ServerCursor) and _subject_to_rls(raw_connection):
         _server_cursors.setdefault(raw_connection, []).append(
             (weakref.ref(raw_cursor), tenant_setting_value())
         )

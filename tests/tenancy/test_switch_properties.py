@@ -79,6 +79,11 @@ def test_random_switches_iterators_and_copy_never_cross_tenants(committed, app_r
     tenants = committed
     # The test's own transaction wraps "app" already; ``atomic`` adds a savepoint level.
     with transaction.atomic(using="app") if atomic else _nothing():
+        with connections["app"].cursor() as cursor:
+            # Sequential scans evaluate the policy row by row at each FETCH (an index scan
+            # computes its key once): the plan where a tenant switch mid-iterator would show.
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
         for kind, index, inner_kind, inner_index in steps:
             tenant = tenants[index]
             if kind != "iterator":

@@ -139,3 +139,15 @@ def test_a_server_side_cursor_does_not_outlive_its_tenant_context(committed, app
         assert raw_numbers() == numbers(c)
         with pytest.raises(Exception, match="closed"):
             next(rows)
+
+
+def test_a_role_that_bypasses_rls_may_iterate_across_tenant_switches(committed):
+    a, b, _c = committed
+    # The superuser alias, like a BYPASSRLS maintenance alias: FETCH ignores the setting.
+    with transaction.atomic(using="default"):
+        rows = Invoice.unscoped.using("default").filter(tenant_id__in=[a.pk, b.pk]).order_by(
+            "number").iterator(chunk_size=1)
+        first = next(rows)
+        with tenant_context(b):
+            assert Invoice.objects.using("default").count() == 3
+        assert len([first, *rows]) == 6
