@@ -142,6 +142,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 DATA_ARCH = {
     "ROUTER": {"PRIMARY": "default", "REPLICAS": ["replica"]},
     "CACHE": {"ALIAS": "default"},
+    # Scheduled maintenance (data_arch.celery.beat_schedule(), merged in celery.py). The demo
+    # shortens the partition interval so beat's first run comes within a minute.
+    "CELERY": {"PARTITIONS_INTERVAL": float(os.environ.get("DATA_ARCH_PARTITIONS_INTERVAL", 3600))},
 }
 
 AUTH_PASSWORD_VALIDATORS = []

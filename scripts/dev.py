@@ -154,18 +154,28 @@ def run_demo(args: list[str]) -> int:
         services = start_services()
         env_file.write_text("".join(f"{k}={v}\n" for k, v in services.environ().items()))
         env = {**os.environ, **services.environ(), "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+        # Beat's first partition maintenance within a minute (hourly in a real deployment).
+        env.setdefault("DATA_ARCH_PARTITIONS_INTERVAL", "20")
         manage = [sys.executable, str(ROOT / "manage.py")]
         children.run([*manage, "migrate_schemas", "--noinput", "-v", "0"], env=env, cwd=ROOT)
         children.run([*manage, "demo_seed"], env=env, cwd=ROOT)
         port = options.port if options.port and _port_free(options.port) else free_port()
         logdir = ROOT / "var" / "log"
         logdir.mkdir(parents=True, exist_ok=True)
-        with open(logdir / "worker.log", "ab") as worker_log, open(logdir / "web.log", "ab") as web_log:
+        schedule = logdir / "celerybeat-schedule"
+        with open(logdir / "worker.log", "ab") as worker_log, \
+                open(logdir / "beat.log", "ab") as beat_log, \
+                open(logdir / "web.log", "ab") as web_log:
             servers = [
                 children.popen(
                     [sys.executable, "-m", "celery", "-A", "example_project", "worker",
                      "--loglevel=INFO", "--concurrency=2"],
                     env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
+                ),
+                children.popen(
+                    [sys.executable, "-m", "celery", "-A", "example_project", "beat",
+                     "--loglevel=INFO", "-s", str(schedule)],
+                    env=env, cwd=ROOT, stdout=beat_log, stderr=subprocess.STDOUT,
                 ),
                 children.popen(
                     [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
@@ -182,8 +192,9 @@ def run_demo(args: list[str]) -> int:
             f"  admin        {base}/admin/   (login admin / admin)\n"
             f"  metrics      {base}/metrics\n"
             f"  services\n    " + services.describe().replace("\n", "\n    ") + "\n"
-            f"  logs         {logdir}/web.log, {logdir}/worker.log\n"
-            f"  processes    worker {servers[0].pid}, web {servers[1].pid} (demo {os.getpid()})\n"
+            f"  logs         {logdir}/web.log, {logdir}/worker.log, {logdir}/beat.log\n"
+            f"  processes    worker {servers[0].pid}, beat {servers[1].pid}, web {servers[2].pid}"
+            f" (demo {os.getpid()})\n"
             f"  manage.py in another shell reaches these services through .services.env\n",
             flush=True,
         )
@@ -197,6 +208,23 @@ def run_demo(args: list[str]) -> int:
                 "import django; django.setup();"
                 "from example_project.shop.tasks import ping;"
                 "print('celery worker answered:', ping.delay().get(timeout=60))"
+            )
+            children.run([sys.executable, "-c", code], env=env, cwd=ROOT)
+            # Beat, not the seed, creates the tenants' partitions: wait for its first run.
+            code = (
+                "import time, django; django.setup();"
+                "from data_arch.models import MaintenanceRun;"
+                "from example_project.customers.models import Client;"
+                "want = set(Client.objects.exclude(schema_name='public')"
+                ".values_list('schema_name', flat=True));"
+                "deadline = time.monotonic() + 120\n"
+                "while True:\n"
+                " done = set(MaintenanceRun.objects.filter(job='partitions', outcome='ok',"
+                " tenant__in=want).values_list('tenant', flat=True))\n"
+                " if done == want or time.monotonic() > deadline: break\n"
+                " time.sleep(1)\n"
+                "print(f'beat ran partition maintenance for {len(done)} of {len(want)} tenants')\n"
+                "raise SystemExit(0 if done == want else 1)"
             )
             children.run([sys.executable, "-c", code], env=env, cwd=ROOT)
             return 0

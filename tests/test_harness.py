@@ -1,6 +1,7 @@
 """The real-services harness every other test stands on."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -236,6 +237,8 @@ def test_demo_command_serves_home_admin_and_metrics():
     for path in ("/ ", "/admin/login/", "/metrics"):
         assert any(line.startswith("200 ") and line.endswith(path.strip()) for line in result.stdout.splitlines()), result.stdout
     assert "celery worker answered" in result.stdout
+    assert re.search(r"beat ran partition maintenance for (\d+) of \1 tenants", result.stdout), \
+        result.stdout[-2000:]
 
 
 @pytest.mark.slow
