@@ -80,7 +80,7 @@ def test_expires_after_ttl():
 
 def test_redis_ttl_is_set(redis_client):
     get_or_load("ttl-key", lambda: 1, 30)
-    (key,) = redis_client.keys("*:val:ttl-key:*")
+    (key,) = redis_client.keys("*:ttl-key:*}:v")
     assert 25_000 < redis_client.pttl(key) <= 30_000
 
 
@@ -88,7 +88,7 @@ def test_long_and_odd_keys_are_digested(redis_client):
     odd = "x" * 10_000 + " {brace} : ünïcode \x00 \n"
     assert get_or_load(odd, lambda: 1, 60) == 1
     assert get_or_load(odd, lambda: 2, 60) == 1
-    keys = [k.decode() for k in redis_client.keys("*:val:*")]
+    keys = [k.decode() for k in redis_client.keys("*}:v")]
     assert len(keys) == 1 and len(keys[0]) < 200
     assert keys[0].count("{") == 1 and keys[0].count("}") == 1
 
@@ -104,7 +104,7 @@ def test_tenants_are_separate_namespaces():
     with tenant_context(TENANT_A):
         assert get_or_load("who", lambda: "x", 60, tenant=None) == "shared"
     assert namespace(None).slot == "{da:shared}"
-    assert namespace(TENANT_A).slot == "{da:t=tenant_a}"
+    assert namespace(TENANT_A).slot == "{da:s=tenant_a}"
 
 
 def test_invalidating_a_tenant_leaves_others_alone():
@@ -207,7 +207,7 @@ def test_compression_round_trips(cache_settings, redis_client):
     value = {"text": "abc" * 1000}
     assert get_or_load("big", lambda: value, 60) == value
     assert get_or_load("big", lambda: None, 60) == value
-    (key,) = redis_client.keys("*:val:big:*")
+    (key,) = redis_client.keys("*:big:*}:v")
     assert redis_client.strlen(key) < 500
 
 
@@ -235,8 +235,8 @@ def test_unserialisable_value_raises_naming_the_type_and_stores_nothing(redis_cl
         CacheSerializationError, match=r"cannot cache builtins.object at value\['x'\]"
     ):
         get_or_load("bad", lambda: {"x": object()}, 60)
-    assert redis_client.keys("*:val:bad:*") == []
-    assert redis_client.keys("*:lock:*") == []
+    assert redis_client.keys("*:bad:*}:v") == []
+    assert redis_client.keys("*}:l") == []
 
 
 def test_key_function_that_raises_is_reported_at_call():
