@@ -4,3 +4,7 @@ from example_project.settings import *  # noqa: F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# Models the cache tests cache, known at start-up in every process (the Celery worker and
+# management commands included) without importing any cached function.
+DATA_ARCH = {**DATA_ARCH, "CACHE": {**DATA_ARCH["CACHE"], "MODELS": ["billing.Invoice"]}}  # noqa: F405

@@ -534,8 +534,14 @@ class CacheAside:
             return self._run_loader(spec, loader)[0]
         token = os.urandom(12).hex()
         deadline = _monotonic() + self.settings.lock_wait
-        event: threading.Event | None = None
-        subscriber: Subscriber | None = None
+        subscriber = self._subscriber
+        # Listening before the first check (when the subscription is up) means a value
+        # published right after it still wakes us: no wake-up is ever lost.
+        event = (
+            self._waiters.register(keys.value)
+            if subscriber is not None and subscriber.subscribed.is_set() else None
+        )
+        waited = False
         pause = 0.002
         try:
             while True:
@@ -567,8 +573,10 @@ class CacheAside:
                     return self._load_and_store(
                         keys, "", spec, loader, generations, version, positions
                     )
-                if event is None:
+                if not waited:
                     metrics.record("lock_wait", self.alias, spec.name)
+                    waited = True
+                if event is None:
                     subscriber = self._ensure_subscriber()
                     event = self._waiters.register(keys.value)
                     continue  # check once more now that we listen: no wake-up can be lost

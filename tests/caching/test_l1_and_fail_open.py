@@ -92,6 +92,33 @@ def test_l1_is_bounded(cache_settings):
     assert len(engine().l1()) == 10
 
 
+def test_l1_is_bounded_by_bytes_too(cache_settings):
+    cache_settings(L1=True, L1_SIZE=1000, L1_MAX_BYTES=100_000)
+    assert engine().wait_for_l1()
+    for i in range(150):
+        get_or_load(("big", i), lambda i=i: "x" * 10_000 + str(i), 60)
+    l1 = engine().l1()
+    assert 0 < len(l1) <= 10 and l1.bytes <= 100_000
+    # A value over a quarter of the budget is never kept: it would evict everything else.
+    get_or_load("huge", lambda: "y" * 40_000, 60)
+    get_or_load("huge", lambda: "y" * 40_000, 60)
+    assert metrics.total("l1_hit") == 0 and l1.bytes <= 100_000
+
+
+def test_an_outage_suspends_and_empties_the_l1(cache_settings, redis_server):
+    cache_settings(L1=True, RETRY_AFTER=0.2)
+    assert engine().wait_for_l1()
+    get_or_load("l1-outage", lambda: "v1", 60)
+    assert len(engine().l1()) == 1
+    redis_server.stop()
+    try:
+        assert get_or_load("other", lambda: "loaded", 60) == "loaded"  # opens the breaker
+        assert len(engine().l1()) == 0 and not engine().l1().trusted
+        assert get_or_load("l1-outage", lambda: "from loader", 60) == "from loader"
+    finally:
+        redis_server.start()
+
+
 @pytest.fixture
 def redis_server(data_arch_services):
     if data_arch_services.redis is None:
