@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from django.db import DEFAULT_DB_ALIAS
 
 from data_arch.caching import invalidation
-from data_arch.caching.engine import Call, Spec, cache_settings, check_alias, engine
+from data_arch.caching.engine import Call, Spec, _engines, cache_settings, check_alias, engine
 from data_arch.caching.keys import (
     FLAT_TYPES,
     CacheKeyError,
@@ -45,6 +45,7 @@ SHARED: Any = None  # pass tenant=SHARED to address the shared (no tenant) names
 _calls: dict[Any, Call] = {}
 _memos: list[dict[Any, Any]] = [_calls]
 _MEMO_MAX = 50_000
+_NO_ARGUMENTS = ((), ())  # the memo key of a call without arguments: (args, their types)
 
 
 def settings_changed(setting: str, **kwargs: Any) -> None:
@@ -202,13 +203,23 @@ def get_or_load(
     the name used in metrics. ``models``/``tags`` list what invalidates the value besides its
     tenant's namespace. ``None`` and falsy values are cached like any other.
     """
-    signature = flat_signature(key)
+    kind = type(key)
+    if kind is tuple:
+        signature = tuple(map(type, key))
+        if not FLAT_TYPES.issuperset(signature):
+            signature = None
+    else:
+        signature = kind if kind in FLAT_TYPES else None
     call = None
     memo_key = None
     if signature is not None:
+        if type(models) is list:
+            models = tuple(models)
+        if type(tags) is list:
+            tags = tuple(tags)
+        memo_key = (key, signature, timeout, models, tags, stale_ttl, negative,
+                    negative_timeout, alias)
         try:
-            memo_key = (key, signature, timeout, _hashable(models), _hashable(tags), stale_ttl,
-                        _hashable(negative), negative_timeout, alias)
             call = _calls.get(memo_key)
         except TypeError:  # an unhashable option: validated (and refused or used) below
             memo_key = None
@@ -217,13 +228,13 @@ def get_or_load(
             check_alias(alias)
         call = _resolve(memo_key, key, timeout, models, tags, stale_ttl, negative,
                         negative_timeout, alias)
-    if not callable(loader):
-        raise TypeError(f"loader must be callable, got {loader!r}")
-    target = engine(alias)
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {loader!r}")
+    target = _engines.get(alias or "") or engine(alias)
     if tenant is ...:
-        space = current_namespace(target.settings.prefix)
+        space = current_namespace(target.prefix)
     else:
-        space = namespace_for(target.settings.prefix, None if tenant is None else as_tenant(tenant))
+        space = namespace_for(target.prefix, None if tenant is None else as_tenant(tenant))
     return target.get_or_load(space, call, loader)
 
 
@@ -319,10 +330,19 @@ def cached(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = resolve(args, kwargs)
-            target = engine(alias)
+            call = None
+            if not kwargs and key is None:
+                if not args:
+                    call = memo.get(_NO_ARGUMENTS)
+                else:
+                    types = tuple(map(type, args))
+                    if FLAT_TYPES.issuperset(types):
+                        call = memo.get((args, types))
+            if call is None:
+                call = resolve(args, kwargs)
+            target = _engines.get(alias or "") or engine(alias)
             return target.get_or_load(
-                current_namespace(target.settings.prefix), call, lambda: func(*args, **kwargs)
+                current_namespace(target.prefix), call, lambda: func(*args, **kwargs)
             )
 
         def invalidate(*args: Any, **kwargs: Any) -> None:
@@ -330,7 +350,7 @@ def cached(
             beating any load of it already in flight."""
             call = resolve(args, kwargs)
             target = engine(alias)
-            keys = target.keys_for(current_namespace(target.settings.prefix), call)
+            keys = target.keys_for(current_namespace(target.prefix), call)
             invalidation.on_commit(
                 lambda _keys, positions: target.invalidate_values([keys.value], positions),
                 [keys.value], DEFAULT_DB_ALIAS, (target.alias, keys.value),

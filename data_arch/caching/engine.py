@@ -42,6 +42,7 @@ from django.conf import settings as django_settings
 
 from data_arch import conf
 from data_arch.caching import metrics, replicas
+from data_arch.caching.metrics import count
 from data_arch.caching.breaker import CircuitBreaker
 from data_arch.caching.envelope import Envelope, decode, encode
 from data_arch.caching.keys import Keys, Namespace, safe_part
@@ -195,6 +196,8 @@ class CacheAside:
         self._waiters = Waiters()
         self._keys: dict[tuple[str, Call], Keys] = {}
         self._primaries = replicas.primaries()
+        self._beta = settings.xfetch_beta
+        self.prefix = settings.prefix
         self.invalidate_channel = f"{settings.prefix}:invalidate"
         self.ready_channel = f"{settings.prefix}:ready"
 
@@ -223,8 +226,6 @@ class CacheAside:
 
     def _fork_check(self) -> None:
         if self._pid != _getpid():
-            # A forked child (prefork Celery, gunicorn): no thread survived the fork, and a lock
-            # held by another parent thread at fork time would never be released.
             self._start()
 
     def _call(self, name: str, doing: str, fn: Callable[..., Any], *args: Any,
@@ -347,8 +348,6 @@ class CacheAside:
         return list(namespace.keys(spec.name, "-", spec.models, spec.tags).generations)
 
     def get_or_load(self, namespace: Namespace, call: Call, loader: Callable[[], Any]) -> Any:
-        if self._pid != _getpid():
-            self._start()
         spec = call.spec
         keys = self._keys.get((namespace.slot, call)) or self.keys_for(namespace, call)
         l1 = self._l1
@@ -358,10 +357,10 @@ class CacheAside:
             envelope = l1.get(keys.value, keys.generations)
             if envelope is not None and (envelope.negative is None or self._usable(envelope, spec)):
                 if not self._xfetch(envelope, _time()):
-                    metrics.record("l1_hit", self.alias, spec.name)
-                    return envelope.value if envelope.negative is None else self._unwrap(
-                        envelope, spec
-                    )
+                    count("l1_hit", self.alias, spec.name)
+                    if envelope.negative is None:
+                        return envelope.value
+                    return self._unwrap(envelope, spec)
                 early = True  # XFetch applies to L1 hits too, or an L1 key would only expire
             if self._subscriber is None:
                 self._ensure_subscriber()
@@ -385,20 +384,22 @@ class CacheAside:
                     if early or self._xfetch(envelope, now):
                         refreshed = self._try_refresh(keys, spec, loader, envelope)
                         if refreshed is not _MISSING:
-                            metrics.record("early_refresh", self.alias, spec.name)
+                            count("early_refresh", self.alias, spec.name)
                             return refreshed
-                    metrics.record("hit", self.alias, spec.name)
+                    count("hit", self.alias, spec.name)
                     if l1 is not None:
                         l1.put(keys.value, envelope, keys.generations, epoch)
+                    if envelope.negative is None:
+                        return envelope.value
                     return self._unwrap(envelope, spec)
                 stale_ttl = self.settings.stale_ttl if spec.stale_ttl is None else spec.stale_ttl
                 if stale_ttl > 0 and envelope.negative is None:
                     refreshed = self._try_refresh(keys, spec, loader, envelope)
                     if refreshed is not _MISSING:
                         return refreshed
-                    metrics.record("stale", self.alias, spec.name)
+                    count("stale", self.alias, spec.name)
                     return envelope.value
-        metrics.record("miss", self.alias, spec.name)
+        count("miss", self.alias, spec.name)
         return self._load_with_lease(keys, spec, loader)
 
     @staticmethod
@@ -413,13 +414,8 @@ class CacheAside:
         return True
 
     def _xfetch(self, envelope: Envelope, now: float, beta: float | None = None) -> bool:
-        if beta is None:
-            beta = self.settings.xfetch_beta
-        delta = envelope.delta
-        if beta <= 0 or delta <= 0:
-            return False
-        scale = delta * beta
-        if envelope.expires - now > 40 * scale:  # -ln(U) > 40 has probability 4e-18
+        scale = envelope.delta * (self._beta if beta is None else beta)
+        if scale <= 0 or envelope.expires - now > 40 * scale:  # P(-ln U > 40) = 4e-18
             return False
         return now - scale * math.log(1.0 - random.random()) >= envelope.expires
 
@@ -876,6 +872,17 @@ _living: weakref.WeakSet[CacheAside] = weakref.WeakSet()
 def _flush_at_exit() -> None:
     for item in list(_living):
         item._flush_at_exit()
+
+
+def _after_fork() -> None:
+    # A forked child (prefork Celery, gunicorn): no thread survived the fork, a lock held by
+    # another parent thread at fork time would never be released, and the parent's queue is
+    # the parent's to deliver.
+    for item in list(_living):
+        item._start()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def engine(alias: str | None = None) -> CacheAside:

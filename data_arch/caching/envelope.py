@@ -40,7 +40,7 @@ def _gens(n: int) -> struct.Struct:
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Envelope:
     value: Any
     generations: tuple[int, ...]
@@ -73,18 +73,28 @@ def encode(envelope: Envelope, serializer_name: str, compress_min_bytes: int | N
     return b"".join(parts)
 
 
+_unpack_head = _HEAD.unpack_from
+_JSON = get_serializer("json")
+_PICKLED = get_serializer("pickle")
+
+
 def decode(blob: bytes | None, serializer_name: str, alias: str = "") -> Envelope | None:
     """The envelope in ``blob``; None when absent, foreign, of the other serializer or broken."""
-    if not blob or blob[:3] != MAGIC:
+    if not blob or not blob.startswith(MAGIC):
         return None
     try:
-        _, flags, expires, delta, n = _HEAD.unpack_from(blob)
-        if bool(flags & _PICKLE) != (serializer_name == "pickle"):
+        _, flags, expires, delta, n = _unpack_head(blob)
+        if flags & _PICKLE:
+            if serializer_name != "pickle":
+                return None
+            serializer = _PICKLED
+        elif serializer_name != "json":
             return None
-        offset = _HEAD.size
-        gens = _gens(n)
-        generations = gens.unpack_from(blob, offset)
-        offset += gens.size
+        else:
+            serializer = _JSON
+        gens = _GENS.get(n) or _gens(n)
+        generations = gens.unpack_from(blob, _HEAD.size)
+        offset = _HEAD.size + gens.size
         negative = None
         if flags & _NEGATIVE:
             (length,) = _LEN.unpack_from(blob, offset)
@@ -94,7 +104,7 @@ def decode(blob: bytes | None, serializer_name: str, alias: str = "") -> Envelop
         payload = blob[offset:]
         if flags & _COMPRESSED:
             payload = decompress(payload)
-        value = get_serializer(serializer_name).loads(payload, bool(flags & _TAGGED))
+        value = serializer.loads(payload, flags & _TAGGED)
         return Envelope(value, generations, expires, delta, negative, len(blob))
     except Exception:
         logger.warning("ignoring an unreadable cache entry on %r", alias)

@@ -35,6 +35,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS, connections
+
 from data_arch.tenancy.context import Tenant, current_tenant
 
 __all__ = [
@@ -166,19 +168,30 @@ def namespace_of_value(value_key: str) -> str:
 
 _thread = threading.local()
 _namespaces: dict[tuple[str, Any, Any], Namespace] = {}
+#: (tenant, prefix, namespace) of the last tenant asked about: a request asks about one
+#: tenant object many times, and an identity check is cheaper than hashing it.
+_last: tuple[Any, Any, Any] = (None, None, None)
+_public: list[str] = []
+_get_running_loop = asyncio._get_running_loop
 
 
 def _default_connection() -> Any:
     """The default alias's connection object (memoised per sync thread: a hot-path lookup)."""
-    from django.db import DEFAULT_DB_ALIAS, connections
-
-    if asyncio._get_running_loop() is not None:
+    if _get_running_loop() is not None:
         return connections[DEFAULT_DB_ALIAS]
     connection = getattr(_thread, "connection", None)
     if connection is None:
         # Database connections are thread-critical: one object per sync thread, for good.
         connection = _thread.connection = connections[DEFAULT_DB_ALIAS]
     return connection
+
+
+def _public_schema() -> str:
+    if not _public:
+        from data_arch.tenancy.registry import public_schema_name
+
+        _public.append(public_schema_name())
+    return _public[0]
 
 
 def namespace_for(prefix: str, tenant: Tenant | None) -> Namespace:
@@ -200,27 +213,28 @@ def current_namespace(prefix: str, using: str | None = None) -> Namespace:
     without :func:`data_arch.tenancy.tenant_context` still gets that schema's namespace, so it
     never reads or fills another tenant's (or the shared) values.
     """
+    global _last
     tenant = current_tenant()
     if tenant is not None:
-        return namespace_for(prefix, tenant)
-    if using is None:
-        connection = _default_connection()
-    else:
-        from django.db import connections
-
-        connection = connections[using]
+        last = _last
+        if last[0] is tenant and last[1] == prefix:
+            return last[2]
+        found = namespace_for(prefix, tenant)
+        _last = (tenant, prefix, found)
+        return found
+    connection = _default_connection() if using is None else connections[using]
     schema = getattr(connection, "schema_name", None)
-    if schema:
-        from data_arch.tenancy.registry import public_schema_name
-
-        if schema != public_schema_name():
-            return namespace_for(prefix, Tenant(pk=None, schema_name=schema))
+    if schema and schema != _public_schema():
+        return namespace_for(prefix, Tenant(pk=None, schema_name=schema))
     return namespace_for(prefix, None)
 
 
 def forget_namespaces() -> None:
     """Drop memoised namespaces and connections (a setting changed, tests)."""
+    global _last
     _namespaces.clear()
+    _public.clear()
+    _last = (None, None, None)
     _thread.__dict__.clear()
 
 

@@ -80,8 +80,8 @@ class L1Cache:
         item = self._entries.get(key)
         if item is None:
             return None
-        envelope, stored_at = item
-        if _monotonic() - stored_at > self.max_age or _time() >= envelope.expires:
+        envelope, trusted_until = item
+        if _monotonic() > trusted_until or _time() >= envelope.expires:
             with self._lock:
                 if self._entries.get(key) is item:
                     del self._entries[key]
@@ -108,7 +108,7 @@ class L1Cache:
             previous = self._entries.pop(key, None)
             if previous is not None:
                 self.bytes -= previous[0].size
-            self._entries[key] = (envelope, _monotonic())
+            self._entries[key] = (envelope, _monotonic() + self.max_age)
             self.bytes += envelope.size
             while len(self._entries) > self.size or self.bytes > self.max_bytes:
                 _, (dropped, _) = self._entries.popitem(last=False)

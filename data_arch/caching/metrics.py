@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_listener", "remove_listener", "reset", "snapshot"]
+__all__ = ["add_listener", "count", "record", "remove_listener", "reset", "snapshot", "total"]
 
 EVENTS = (
     "hit",
@@ -52,6 +52,19 @@ def record(event: str, alias: str, name: str, value: float | None = None) -> Non
             listener(event, alias, name, value if value is not None else 1.0)
         except Exception:
             pass
+
+
+def count(event: str, alias: str, name: str) -> None:
+    """``record`` without a value: the hit path's counter."""
+    key = (event, alias, name)
+    with _lock:
+        _counts[key] += 1
+    if _listeners:
+        for listener in list(_listeners):
+            try:
+                listener(event, alias, name, 1.0)
+            except Exception:
+                pass
 
 
 def snapshot() -> dict[str, dict[str, float]]:

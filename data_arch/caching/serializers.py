@@ -195,6 +195,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# Payloads are ours (compact UTF-8 JSON): decoding skips json.loads' encoding sniffing.
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 class JSONSerializer:
     name = "json"
     code = 0
@@ -203,10 +208,13 @@ class JSONSerializer:
         """The encoded value and whether loading it needs the tag walk."""
         encoder = _Encoder()
         data = encoder.encode(value, "")
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode(), encoder.tagged
+        return _JSON_ENCODER.encode(data).encode(), encoder.tagged
 
     def loads(self, data: bytes, tagged: bool = True) -> Any:
-        value = json.loads(data)
+        text = data.decode()
+        value, end = _raw_decode(text)
+        if end != len(text):
+            raise ValueError("trailing data after the cached JSON value")
         return _decode(value) if tagged else value
 
 
