@@ -74,15 +74,24 @@ def watch(label: str, alias: str | None = None, where: str = "") -> None:
                 "(data_arch.W404)", label, _late[label],
             )
         _watched.setdefault(label, set()).add(alias)
+        _labels.clear()
+
+
+#: model -> the watched labels its writes bump (itself, its concrete model, its parents);
+#: emptied whenever a model starts being watched.
+_labels: dict[type, list[str]] = {}
 
 
 def _watched_labels(model: type) -> list[str]:
-    meta = model._meta
-    labels = [meta.label_lower]
-    if meta.concrete_model is not model:
-        labels.append(meta.concrete_model._meta.label_lower)
-    labels.extend(parent._meta.label_lower for parent in meta.get_parent_list())
-    return [label for label in dict.fromkeys(labels) if label in _watched]
+    found = _labels.get(model)
+    if found is None:
+        meta = model._meta
+        labels = [meta.label_lower]
+        if meta.concrete_model is not model:
+            labels.append(meta.concrete_model._meta.label_lower)
+        labels.extend(parent._meta.label_lower for parent in meta.get_parent_list())
+        found = _labels[model] = [label for label in dict.fromkeys(labels) if label in _watched]
+    return found
 
 
 def model_written(model: type, using: str) -> None:

@@ -191,3 +191,22 @@ def test_an_overflowing_queue_becomes_a_whole_namespace_invalidation(
         time.sleep(0.05)
     # Nothing named "untagged", but its whole namespace was invalidated: recomputed, not stale.
     assert get_or_load("untagged", lambda: "new", 60) == "new"
+
+
+def test_a_frozen_redis_empties_an_idle_processs_l1(frozen_redis, cache_settings):
+    """No call of this process has to fail: the subscriber's PINGs go unanswered."""
+    cache_settings(L1=True)
+    assert engine().wait_for_l1()
+    get_or_load("idle", lambda: "v1", 60)
+    l1 = engine().l1()
+    assert len(l1) == 1 and l1.trusted
+    frozen_redis.freeze()
+    try:
+        deadline = time.monotonic() + 10
+        while l1.trusted:
+            assert time.monotonic() < deadline, "the L1 kept trusting a frozen Redis"
+            time.sleep(0.05)
+        assert len(l1) == 0
+    finally:
+        frozen_redis.thaw()
+    assert engine().wait_for_l1(10)
