@@ -41,7 +41,7 @@ from typing import Any
 from django.conf import settings as django_settings
 
 from data_arch import conf
-from data_arch.caching import metrics, replicas
+from data_arch.caching import metrics, replicas, wire
 from data_arch.caching.metrics import count
 from data_arch.caching.breaker import CircuitBreaker
 from data_arch.caching.envelope import Envelope, decode, encode
@@ -254,7 +254,7 @@ class CacheAside:
         client = self.client()
         if self._cluster:
             return client.mget_nonatomic(keys)
-        return client.mget(keys)
+        return wire.mget(client, keys)
 
     def _redis_lost(self) -> None:
         if self._l1 is not None:
@@ -354,14 +354,19 @@ class CacheAside:
         early = False
         epoch = 0
         if l1 is not None:
-            envelope = l1.get(keys.value, keys.generations)
+            now = _time()
+            envelope = l1.get(keys.value, keys.generations, now)
             if envelope is not None and (envelope.negative is None or self._usable(envelope, spec)):
-                if not self._xfetch(envelope, _time()):
+                scale = envelope.delta * self._beta
+                # XFetch applies to L1 hits too, or an L1 key would only ever expire.
+                if scale <= 0 or envelope.expires - now > 40 * scale or not self._xfetch(
+                    envelope, now
+                ):
                     count("l1_hit", self.alias, spec.name)
                     if envelope.negative is None:
                         return envelope.value
                     return self._unwrap(envelope, spec)
-                early = True  # XFetch applies to L1 hits too, or an L1 key would only expire
+                early = True
             if self._subscriber is None:
                 self._ensure_subscriber()
             epoch = l1.epoch

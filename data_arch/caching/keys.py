@@ -172,6 +172,7 @@ _namespaces: dict[tuple[str, Any, Any], Namespace] = {}
 #: tenant object many times, and an identity check is cheaper than hashing it.
 _last: tuple[Any, Any, Any] = (None, None, None)
 _public: list[str] = []
+_epoch = 0  # moves on when the memos are dropped, so other threads' memos lapse too
 _get_running_loop = asyncio._get_running_loop
 
 
@@ -222,8 +223,19 @@ def current_namespace(prefix: str, using: str | None = None) -> Namespace:
         found = namespace_for(prefix, tenant)
         _last = (tenant, prefix, found)
         return found
-    connection = _default_connection() if using is None else connections[using]
-    schema = getattr(connection, "schema_name", None)
+    if using is None:
+        connection = _default_connection()
+        schema = getattr(connection, "schema_name", None)
+        last = getattr(_thread, "last", None)
+        if last is not None and last[0] == schema and last[1] == prefix and last[3] == _epoch:
+            return last[2]
+        found = _for_schema(prefix, schema)
+        _thread.last = (schema, prefix, found, _epoch)
+        return found
+    return _for_schema(prefix, getattr(connections[using], "schema_name", None))
+
+
+def _for_schema(prefix: str, schema: str | None) -> Namespace:
     if schema and schema != _public_schema():
         return namespace_for(prefix, Tenant(pk=None, schema_name=schema))
     return namespace_for(prefix, None)
@@ -231,7 +243,8 @@ def current_namespace(prefix: str, using: str | None = None) -> Namespace:
 
 def forget_namespaces() -> None:
     """Drop memoised namespaces and connections (a setting changed, tests)."""
-    global _last
+    global _last, _epoch
+    _epoch += 1
     _namespaces.clear()
     _public.clear()
     _last = (None, None, None)

@@ -74,14 +74,14 @@ class L1Cache:
 
     # ----------------------------------------------------------------- entries
 
-    def get(self, key: str, generation_keys: tuple[str, ...]) -> Any | None:
+    def get(self, key: str, generation_keys: tuple[str, ...], now: float | None = None) -> Any:
         if not self.trusted:
             return None
         item = self._entries.get(key)
         if item is None:
             return None
         envelope, trusted_until = item
-        if _monotonic() > trusted_until or _time() >= envelope.expires:
+        if _monotonic() > trusted_until or (now or _time()) >= envelope.expires:
             with self._lock:
                 if self._entries.get(key) is item:
                     del self._entries[key]
