@@ -438,34 +438,60 @@ class RouterSettings:
             )
 
 
+def model_labels(name: str, value: Any) -> tuple[str, ...]:
+    """A list of ``"app_label.ModelName"`` strings (whether each model exists is a check)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SettingError(f"{name} must be a list of 'app_label.ModelName' strings, got {value!r}")
+    labels = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or item.count(".") != 1 or not all(item.split(".")):
+            raise SettingError(f"{name}[{i}] must be 'app_label.ModelName', got {item!r}")
+        labels.append(item.lower())
+    return tuple(labels)
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheSettings:
     #: The django-redis cache alias the helpers use.
     alias: str = _field("default", cache_alias)
     #: Default TTL in seconds.
-    timeout: int = _field(300, positive_int)
+    timeout: int = _field(300, int_between(1, 365 * 86400))
     #: Keep decoded values in an in-process L1 in front of Redis.
     l1: bool = _field(False, boolean)
     #: Key prefix in Redis.
     prefix: str = _field("da", string)
     #: Most decoded values the in-process L1 keeps (least recently used are dropped).
     l1_size: int = _field(10_000, positive_int)
+    #: Most bytes (encoded size) the in-process L1 keeps; a value over a quarter of it is not kept.
+    l1_max_bytes: int = _field(32 * 1024 * 1024, int_between(1024, 2**40))
     #: Longest an L1 entry is trusted, in seconds: bounds staleness if an invalidation is lost.
-    l1_max_age: float = _field(5.0, positive_number)
+    l1_max_age: float = _field(5.0, number_between(0.001, 86400))
     #: How cached values are encoded: "json" (safe default) or "pickle" (opt-in, trusted Redis only).
     serializer: str = _field("json", one_of("json", "pickle"))
     #: Compress payloads of at least this many bytes with zlib; ``None`` never compresses.
     compress_min_bytes: int | None = _field(None, optional_positive_int)
-    #: Seconds a loader holds its per-key lease; a crashed holder loses it after this long.
-    lock_timeout: float = _field(10.0, positive_number)
+    #: Seconds a loader's lease lives without its heartbeat: how long a crashed holder blocks.
+    lock_timeout: float = _field(10.0, number_between(0.05, 3600))
+    #: Seconds a caller waits for another caller's load of the same key before loading itself.
+    lock_wait: float = _field(30.0, number_between(0.001, 86400))
     #: XFetch early-refresh aggressiveness (1.0 is the paper's optimum; 0 disables).
-    xfetch_beta: float = _field(1.0, non_negative_number)
+    xfetch_beta: float = _field(1.0, number_between(0, 100))
     #: Seconds past expiry a stale value may be served while one caller refreshes (0: never).
     stale_ttl: int = _field(0, non_negative_int)
     #: When Redis fails, run the loader and return its value (counted and logged, not raised).
     fail_open: bool = _field(True, boolean)
-    #: After a Redis error, seconds to bypass Redis before trying it again.
-    retry_after: float = _field(1.0, non_negative_number)
+    #: After a Redis failure, seconds Redis is bypassed before one probe tries it again.
+    retry_after: float = _field(1.0, number_between(0, 3600))
+    #: A Redis call slower than this (seconds) counts as a failure: a slow Redis is bypassed too.
+    latency_budget: float = _field(0.25, number_between(0.001, 60))
+    #: Models whose writes invalidate ``models=[...]`` entries in every process from start-up.
+    models: tuple[str, ...] = _field(tuple, model_labels, factory=True)
+    #: Seconds a process spends at exit delivering invalidations Redis did not take yet.
+    exit_flush: float = _field(2.0, number_between(0, 600))
+    #: Queued invalidations a process keeps before collapsing them into namespace-wide ones.
+    pending_max: int = _field(10_000, int_between(1, 10_000_000))
+    #: Directory where undelivered invalidations outlive their process (None: a temp dir).
+    spool_dir: str | None = _field(None, optional_string)
 
 
 @dataclasses.dataclass(frozen=True)

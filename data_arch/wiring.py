@@ -20,9 +20,10 @@ Nothing is installed by importing a module. :func:`install` connects:
   Each wrapper decides per call whether it applies (the alias's role comes from the current
   settings), so a connection never carries a stale chain after a setting changes;
 * the routing signals (migrations), the Celery signals of tenancy and routing (when Celery is
-  installed), the schema-editor hook of partitioning, data_arch's Prometheus metrics (when
-  prometheus_client is installed and ``METRICS.ENABLED``), and the ``setting_changed`` receiver
-  that clears the memoised settings.
+  installed), the schema-editor hook of partitioning, the cache's write hooks and its
+  start-up discovery of cached models (``caching.invalidation.install``), data_arch's
+  Prometheus metrics (when prometheus_client is installed and ``METRICS.ENABLED``), and the
+  ``setting_changed`` receiver that clears the memoised settings.
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ def install() -> None:
     pre_migrate.connect(on_pre_migrate, dispatch_uid="data_arch.routing.pre_migrate")
     post_migrate.connect(on_post_migrate, dispatch_uid="data_arch.routing.post_migrate")
 
+    from data_arch.caching import invalidation
     from data_arch.partitioning import schema
 
     schema.install()
+    invalidation.install()
     _install_metrics()
     try:
         import celery  # noqa: F401 -- the Celery hooks exist only where Celery does

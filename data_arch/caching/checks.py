@@ -11,8 +11,9 @@ from data_arch import conf
 
 @checks.register(checks.Tags.caches)
 def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E400 alias not django-redis; W401 pickle serializer; W402 no socket timeouts;
-    W403 L1 on a cache without pub/sub-capable client."""
+    """E400 alias not django-redis; E401 CACHE.MODELS names an unknown model; W401 pickle
+    serializer; W402 no socket timeouts; W403 a sharded/sentinel client; W404 a model first
+    cached after start-up (writes in other processes would not invalidate it)."""
     from django.conf import settings
 
     try:
@@ -33,6 +34,7 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
             )
         )
         return messages
+    messages.extend(_model_messages(cache.models))
     if cache.serializer == "pickle":
         messages.append(
             checks.Warning(
@@ -69,6 +71,38 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
                 "sharding.",
                 hint="Use django_redis.client.DefaultClient for the helpers' alias.",
                 id="data_arch.W403",
+            )
+        )
+    return messages
+
+
+def _model_messages(models: tuple[str, ...]) -> list[checks.CheckMessage]:
+    from django.apps import apps
+
+    from data_arch.caching.invalidation import late_registrations
+
+    messages: list[checks.CheckMessage] = []
+    for label in models:
+        try:
+            apps.get_model(label)
+        except LookupError:
+            messages.append(
+                checks.Error(
+                    f"DATA_ARCH['CACHE']['MODELS'] names {label!r}, which is not an installed "
+                    "model.",
+                    hint="Use 'app_label.ModelName' of a model in INSTALLED_APPS.",
+                    id="data_arch.E401",
+                )
+            )
+    for label, where in sorted(late_registrations().items()):
+        messages.append(
+            checks.Warning(
+                f"{where} caches with models=[{label!r}], but {label} was not known when the app "
+                "started: a process that writes it without importing that code (a Celery "
+                "worker, a management command) will not invalidate the cached values.",
+                hint="Add it to DATA_ARCH['CACHE']['MODELS'], or define the cached function in "
+                "an app's cache.py or warmers.py (imported at start-up in every process).",
+                id="data_arch.W404",
             )
         )
     return messages

@@ -1,15 +1,19 @@
 """Encoding cached values: JSON by default (no code runs on load), pickle only when opted in.
 
 The JSON form round-trips what views usually cache -- dicts, lists, str, int, float, bool,
-None -- plus tagged ``datetime``, ``date``, ``time``, ``Decimal``, ``UUID``, tuples and sets,
-so a value read back equals the value stored. Anything else is refused when it is stored, with
-an error naming its type, instead of silently turning into a string.
+None -- plus tagged ``datetime``/``date``/``time`` (naive, fixed-offset or ``zoneinfo``),
+``timedelta``, ``Decimal``, ``UUID``, ``bytes``, tuples, sets, non-string dict keys and
+Django's ``SafeString``, so a value read back is equal to, and of the same type as, the value
+stored. Anything it cannot give back exactly is refused when stored, with an error naming its
+type and where it sits: subclasses such as enum members (``TextChoices``), namedtuples,
+``OrderedDict`` or ``defaultdict`` would come back as plain ``str``, ``tuple`` or ``dict``.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import enum
 import json
 import pickle
 import uuid
@@ -25,49 +29,141 @@ class CacheSerializationError(TypeError):
     """A value cannot be cached with the configured serializer."""
 
 
-def _encode(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return {_TAG: "float", "v": repr(value)}
-        return value
-    if isinstance(value, list):
-        return [_encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, tuple):
-        return {_TAG: "tuple", "v": [_encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
-    if isinstance(value, (set, frozenset)):
-        items = [_encode(item, f"{path}{{}}") for item in value]
-        return {_TAG: "frozenset" if isinstance(value, frozenset) else "set", "v": items}
-    if isinstance(value, dict):
-        if all(isinstance(key, str) for key in value) and _TAG not in value:
-            return {key: _encode(item, f"{path}[{key!r}]") for key, item in value.items()}
-        return {
-            _TAG: "dict",
-            "v": [
-                [_encode(k, f"{path} key"), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()
-            ],
-        }
-    if isinstance(value, datetime.datetime):
-        return {_TAG: "datetime", "v": value.isoformat()}
-    if isinstance(value, datetime.date):
-        return {_TAG: "date", "v": value.isoformat()}
-    if isinstance(value, datetime.time):
-        return {_TAG: "time", "v": value.isoformat()}
-    if isinstance(value, datetime.timedelta):
-        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
-    if isinstance(value, decimal.Decimal):
-        return {_TAG: "decimal", "v": str(value)}
-    if isinstance(value, uuid.UUID):
-        return {_TAG: "uuid", "v": str(value)}
-    if isinstance(value, bytes):
-        return {_TAG: "bytes", "v": value.hex()}
-    raise CacheSerializationError(
-        f"cannot cache {type(value).__module__}.{type(value).__qualname__} at value{path} with "
-        "the JSON serializer: return plain data (dict, list, str, numbers, dates, Decimal, UUID) "
-        "-- e.g. list(queryset.values(...)) instead of a queryset or model instances -- or set "
+def _safe_string_type() -> type | None:
+    try:
+        from django.utils.safestring import SafeString
+    except ImportError:  # pragma: no cover
+        return None
+    return SafeString
+
+
+_SAFE_STRING = _safe_string_type()
+_PLAIN = (type(None), bool, int, str)
+
+
+def _refuse(value: Any, path: str) -> CacheSerializationError:
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, enum.Enum):
+        hint = f"cache {kind.__qualname__}.{value.name}.value (the plain value), not the member"
+    elif isinstance(value, tuple) and hasattr(value, "_fields"):
+        hint = "cache tuple(value) or value._asdict(), not the namedtuple"
+    elif isinstance(value, (str, int, float, list, tuple, dict, set, frozenset)):
+        hint = f"it would come back as a plain {kind.__mro__[1].__name__}; convert it first"
+    else:
+        hint = (
+            "return plain data (dict, list, str, numbers, dates, Decimal, UUID) -- e.g. "
+            "list(queryset.values(...)) instead of a queryset or model instances"
+        )
+    return CacheSerializationError(
+        f"cannot cache {name} at value{path} with the JSON serializer: {hint}; or set "
         "DATA_ARCH['CACHE']['SERIALIZER'] = 'pickle' if Redis is trusted"
     )
+
+
+def _zone(tzinfo: Any, value: Any, path: str) -> Any:
+    """How ``tzinfo`` is written down, or a refusal when it cannot be rebuilt exactly."""
+    if tzinfo is None:
+        return None
+    if type(tzinfo) is datetime.timezone:
+        offset = tzinfo.utcoffset(None)
+        plain = datetime.timezone(offset)
+        name = tzinfo.tzname(None)
+        offset_v = [offset.days, offset.seconds, offset.microseconds]
+        return ["o", offset_v] if name == plain.tzname(None) else ["o", offset_v, name]
+    try:
+        from zoneinfo import ZoneInfo
+    except ImportError:  # pragma: no cover
+        ZoneInfo = None  # noqa: N806
+    if ZoneInfo is not None and type(tzinfo) is ZoneInfo and tzinfo.key:
+        return ["z", tzinfo.key]
+    raise CacheSerializationError(
+        f"cannot cache a {type(value).__name__} at value{path} whose tzinfo is "
+        f"{type(tzinfo).__module__}.{type(tzinfo).__qualname__} with the JSON serializer: use "
+        "datetime.timezone, zoneinfo.ZoneInfo or a naive value (Django's timezone.now() is fine)"
+    )
+
+
+def _unzone(zone: Any) -> Any:
+    if zone is None:
+        return None
+    if zone[0] == "o":
+        offset = datetime.timedelta(days=zone[1][0], seconds=zone[1][1], microseconds=zone[1][2])
+        return datetime.timezone(offset, *zone[2:])
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(zone[1])
+
+
+class _Encoder:
+    """Turns a value into JSON-able data; ``tagged`` says whether decoding needs a walk."""
+
+    def __init__(self) -> None:
+        self.tagged = False
+
+    def tag(self, kind: str, value: Any) -> dict[str, Any]:
+        self.tagged = True
+        return {_TAG: kind, "v": value}
+
+    def encode(self, value: Any, path: str) -> Any:
+        kind = type(value)
+        if kind in _PLAIN:
+            return value
+        if kind is float:
+            if value != value or value in (float("inf"), float("-inf")):
+                return self.tag("float", repr(value))
+            return value
+        if kind is list:
+            return [self.encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if kind is dict:
+            if _TAG not in value and all(type(key) is str for key in value):
+                return {key: self.encode(item, f"{path}[{key!r}]") for key, item in value.items()}
+            return self.tag(
+                "dict",
+                [
+                    [self.encode(k, f"{path} key {k!r}"), self.encode(v, f"{path}[{k!r}]")]
+                    for k, v in value.items()
+                ],
+            )
+        if kind is tuple:
+            return self.tag("tuple", [self.encode(x, f"{path}[{i}]") for i, x in enumerate(value)])
+        if kind is set or kind is frozenset:
+            items = [self.encode(item, f"{path}{{}}") for item in value]
+            return self.tag(kind.__name__, items)
+        if kind is datetime.datetime:
+            zone = _zone(value.tzinfo, value, path)
+            naive = value.replace(tzinfo=None).isoformat()
+            return self.tag("datetime", [naive, zone, value.fold])
+        if kind is datetime.date:
+            return self.tag("date", value.isoformat())
+        if kind is datetime.time:
+            zone = _zone(value.tzinfo, value, path)
+            return self.tag("time", [value.replace(tzinfo=None).isoformat(), zone, value.fold])
+        if kind is datetime.timedelta:
+            return self.tag("timedelta", [value.days, value.seconds, value.microseconds])
+        if kind is decimal.Decimal:
+            return self.tag("decimal", str(value))
+        if kind is uuid.UUID:
+            return self.tag("uuid", str(value))
+        if kind is bytes:
+            return self.tag("bytes", value.hex())
+        if kind is _SAFE_STRING:
+            return self.tag("safe", str.__str__(value))
+        raise _refuse(value, path)
+
+
+def _datetime(v: list[Any]) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(v[0]).replace(tzinfo=_unzone(v[1]), fold=v[2])
+
+
+def _time(v: list[Any]) -> datetime.time:
+    return datetime.time.fromisoformat(v[0]).replace(tzinfo=_unzone(v[1]), fold=v[2])
+
+
+def _safe(v: str) -> Any:
+    from django.utils.safestring import SafeString
+
+    return SafeString(v)
 
 
 _DECODERS = {
@@ -76,20 +172,22 @@ _DECODERS = {
     "set": lambda v: {_decode(item) for item in v},
     "frozenset": lambda v: frozenset(_decode(item) for item in v),
     "dict": lambda v: {_decode(k): _decode(item) for k, item in v},
-    "datetime": datetime.datetime.fromisoformat,
+    "datetime": _datetime,
     "date": datetime.date.fromisoformat,
-    "time": datetime.time.fromisoformat,
+    "time": _time,
     "timedelta": lambda v: datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "decimal": decimal.Decimal,
     "uuid": uuid.UUID,
     "bytes": bytes.fromhex,
+    "safe": _safe,
 }
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, list):
+    kind = type(value)
+    if kind is list:
         return [_decode(item) for item in value]
-    if isinstance(value, dict):
+    if kind is dict:
         tag = value.get(_TAG)
         if tag is not None:
             return _DECODERS[tag](value["v"])
@@ -97,30 +195,44 @@ def _decode(value: Any) -> Any:
     return value
 
 
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# Payloads are ours (compact UTF-8 JSON): decoding skips json.loads' encoding sniffing.
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 class JSONSerializer:
     name = "json"
+    code = 0
 
-    def dumps(self, value: Any) -> bytes:
-        return json.dumps(_encode(value, ""), separators=(",", ":"), allow_nan=False).encode()
+    def dumps(self, value: Any) -> tuple[bytes, bool]:
+        """The encoded value and whether loading it needs the tag walk."""
+        encoder = _Encoder()
+        data = encoder.encode(value, "")
+        return _JSON_ENCODER.encode(data).encode(), encoder.tagged
 
-    def loads(self, data: bytes) -> Any:
-        return _decode(json.loads(data))
+    def loads(self, data: bytes, tagged: bool = True) -> Any:
+        text = data.decode()
+        value, end = _raw_decode(text)
+        if end != len(text):
+            raise ValueError("trailing data after the cached JSON value")
+        return _decode(value) if tagged else value
 
 
 class PickleSerializer:
     """Opt-in: loading pickle runs code, so only use it when nobody untrusted can write Redis."""
 
     name = "pickle"
+    code = 1
 
-    def dumps(self, value: Any) -> bytes:
+    def dumps(self, value: Any) -> tuple[bytes, bool]:
         try:
-            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), False
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise CacheSerializationError(
                 f"cannot cache {type(value).__qualname__} with pickle: {exc}"
             ) from exc
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, tagged: bool = False) -> Any:
         return pickle.loads(data)
 
 

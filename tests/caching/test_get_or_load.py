@@ -80,7 +80,7 @@ def test_expires_after_ttl():
 
 def test_redis_ttl_is_set(redis_client):
     get_or_load("ttl-key", lambda: 1, 30)
-    (key,) = redis_client.keys("*:val:ttl-key:*")
+    (key,) = redis_client.keys("*:ttl-key:*}:v")
     assert 25_000 < redis_client.pttl(key) <= 30_000
 
 
@@ -88,7 +88,7 @@ def test_long_and_odd_keys_are_digested(redis_client):
     odd = "x" * 10_000 + " {brace} : ünïcode \x00 \n"
     assert get_or_load(odd, lambda: 1, 60) == 1
     assert get_or_load(odd, lambda: 2, 60) == 1
-    keys = [k.decode() for k in redis_client.keys("*:val:*")]
+    keys = [k.decode() for k in redis_client.keys("*}:v")]
     assert len(keys) == 1 and len(keys[0]) < 200
     assert keys[0].count("{") == 1 and keys[0].count("}") == 1
 
@@ -104,7 +104,7 @@ def test_tenants_are_separate_namespaces():
     with tenant_context(TENANT_A):
         assert get_or_load("who", lambda: "x", 60, tenant=None) == "shared"
     assert namespace(None).slot == "{da:shared}"
-    assert namespace(TENANT_A).slot == "{da:t=tenant_a}"
+    assert namespace(TENANT_A).slot == "{da:s=tenant_a}"
 
 
 def test_invalidating_a_tenant_leaves_others_alone():
@@ -207,7 +207,7 @@ def test_compression_round_trips(cache_settings, redis_client):
     value = {"text": "abc" * 1000}
     assert get_or_load("big", lambda: value, 60) == value
     assert get_or_load("big", lambda: None, 60) == value
-    (key,) = redis_client.keys("*:val:big:*")
+    (key,) = redis_client.keys("*:big:*}:v")
     assert redis_client.strlen(key) < 500
 
 
@@ -235,8 +235,8 @@ def test_unserialisable_value_raises_naming_the_type_and_stores_nothing(redis_cl
         CacheSerializationError, match=r"cannot cache builtins.object at value\['x'\]"
     ):
         get_or_load("bad", lambda: {"x": object()}, 60)
-    assert redis_client.keys("*:val:bad:*") == []
-    assert redis_client.keys("*:lock:*") == []
+    assert redis_client.keys("*:bad:*}:v") == []
+    assert redis_client.keys("*}:l") == []
 
 
 def test_key_function_that_raises_is_reported_at_call():
@@ -300,7 +300,10 @@ def test_non_django_redis_alias_is_rejected(settings):
 
 
 def test_checks(settings):
-    from data_arch.caching.checks import check_cache
+    from data_arch.caching.checks import check_cache as all_checks
+
+    def check_cache():  # W404 depends on which test modules registered models late
+        return [m for m in all_checks() if m.id != "data_arch.W404"]
 
     assert check_cache() == []
     settings.DATA_ARCH = {
@@ -372,3 +375,152 @@ def test_a_remembered_failure_is_not_served_to_callers_that_did_not_ask_for_it()
     with pytest.raises(Gone):
         get_or_load("row", missing, 60, negative=Gone, negative_timeout=30)
     assert get_or_load("row", lambda: "found", 60) == "found"
+
+
+# ----------------------------------------------------------------------------- namespaces
+
+
+def test_forged_tenant_names_never_share_a_namespace():
+    """A schema may be named like another tenant's digest (or like a pk form): it still gets
+    a namespace of its own, so it never reads the victim's values."""
+    import hashlib
+
+    victim = Tenant(pk=None, schema_name="ünïcode")
+    digest = namespace(victim).label.split("=", 1)[1]
+    forgeries = [
+        Tenant(pk=None, schema_name=digest),  # this layout's digest form
+        Tenant(pk=None, schema_name="h-" + hashlib.sha256("ünïcode".encode()).hexdigest()[:24]),
+        Tenant(pk=None, schema_name="h-" + digest[1:25]),
+    ]
+    with tenant_context(victim):
+        assert get_or_load("dashboard", lambda: "victim's", 60) == "victim's"
+    for forged in forgeries:
+        assert namespace(forged).slot != namespace(victim).slot
+        with tenant_context(forged):
+            assert get_or_load("dashboard", lambda: "forger's", 60) == "forger's"
+    # A tenant known by its primary key and a schema named like that key's old form.
+    assert namespace(Tenant(pk=5)).slot != namespace(Tenant(pk=None, schema_name="id-5")).slot
+    with tenant_context(Tenant(pk=5)):
+        assert get_or_load("dashboard", lambda: "pk 5", 60) == "pk 5"
+    with tenant_context(Tenant(pk=None, schema_name="id-5")):
+        assert get_or_load("dashboard", lambda: "schema id-5", 60) == "schema id-5"
+    with tenant_context(Tenant(pk=None, schema_name="shared")):
+        assert get_or_load("dashboard", lambda: "schema shared", 60) == "schema shared"
+    assert get_or_load("dashboard", lambda: "the shared namespace", 60) == "the shared namespace"
+
+
+def test_counters_outlive_the_values_under_them(redis_client):
+    get_or_load("lives", lambda: 1, 600, tags=["t"], stale_ttl=100)
+    (value_key,) = redis_client.keys("*:lives:*}:v")
+    value_ttl = redis_client.pttl(value_key)
+    counters = redis_client.keys("*:g:*")
+    assert len(counters) == 2  # tenant-wide and the tag
+    for counter in counters:
+        assert value_ttl < redis_client.pttl(counter) < 2 * 86_400_000
+
+
+def test_a_lost_counter_comes_back_larger_so_old_entries_are_never_served(redis_client):
+    assert get_or_load("evicted", lambda: "old", 60, tags=["t"]) == "old"
+    for counter in redis_client.keys("*:g:t:t"):
+        redis_client.delete(counter)  # evicted, or expired
+    assert get_or_load("evicted", lambda: "new", 60, tags=["t"]) == "new"
+
+
+# ----------------------------------------------------------------------------- serializer
+
+
+def test_values_come_back_with_their_own_types():
+    import zoneinfo
+
+    from django.utils.safestring import SafeString, mark_safe
+
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    value = {
+        "html": mark_safe("<b>bold</b>"),
+        "local": datetime.datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=paris),
+        "offset": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
+        "utc": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "at": datetime.time(9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1), "CET")),
+    }
+    get_or_load("typed", lambda: value, 60)
+    back = get_or_load("typed", lambda: None, 60)
+    assert back == value
+    assert type(back["html"]) is SafeString
+    assert back["local"].tzinfo is paris and back["local"].fold == 1
+    assert back["at"].tzinfo.tzname(None) == "CET"
+    assert back["utc"].tzinfo is datetime.UTC
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("PLAIN", None),
+        ("ENUM", r"cannot cache .*Status at value\[0\].*Status.OPEN.value"),
+        ("NAMEDTUPLE", r"cannot cache .*Point at value\['p'\].*namedtuple"),
+        ("ORDERED", r"cannot cache collections.OrderedDict at value.*plain dict"),
+        ("ZONE", r"tzinfo is .*custom"),
+    ],
+)
+def test_values_that_would_not_round_trip_are_refused_and_nothing_is_stored(
+    value, message, redis_client
+):
+    import collections
+
+    from example_project.shop.models import Order
+
+    class custom(datetime.tzinfo):  # noqa: N801
+        def utcoffset(self, dt):
+            return datetime.timedelta(0)
+
+    Point = collections.namedtuple("Point", "x y")
+    value = {
+        "PLAIN": [Order.Status.OPEN.value, tuple(Point(1, 2)), dict(collections.OrderedDict(a=1))],
+        "ENUM": [Order.Status.OPEN],
+        "NAMEDTUPLE": {"p": Point(1, 2)},
+        "ORDERED": collections.OrderedDict(a=1),
+        "ZONE": datetime.datetime(2026, 1, 1, tzinfo=custom()),
+    }[value]
+    if message is None:
+        assert get_or_load("plain", lambda: value, 60) == value
+        return
+    with pytest.raises(CacheSerializationError, match=message):
+        get_or_load("refused", lambda: value, 60)
+    assert redis_client.keys("*:refused:*") == []
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("LOCK_TIMEOUT", 0, r"\['LOCK_TIMEOUT'\] must be between 0.05 and 3600, got 0"),
+        ("LOCK_WAIT", -1, r"\['LOCK_WAIT'\] must be >= 0, got -1"),
+        ("LATENCY_BUDGET", 0, r"\['LATENCY_BUDGET'\] must be between 0.001 and 60, got 0"),
+        ("L1_MAX_BYTES", 10, r"\['L1_MAX_BYTES'\] must be an integer between 1024"),
+        ("TIMEOUT", 0, r"\['TIMEOUT'\] must be >= 1, got 0"),
+        ("PENDING_MAX", 0, r"\['PENDING_MAX'\] must be >= 1, got 0"),
+        ("MODELS", "shop.Order", r"\['MODELS'\] must be a list"),
+        ("MODELS", ["Order"], r"\['MODELS'\]\[0\] must be 'app_label.ModelName', got 'Order'"),
+        ("RETRY_AFTER", 5000, r"\['RETRY_AFTER'\] must be between 0 and 3600, got 5000"),
+    ],
+)
+def test_settings_out_of_range_name_the_key(settings, key, value, message):
+    from data_arch.conf import SettingError, cache_settings
+
+    settings.DATA_ARCH = {**settings.DATA_ARCH, "CACHE": {key: value}}
+    with pytest.raises(SettingError, match=message):
+        cache_settings()
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="models= names 'shop.Nope', which is not an installed"):
+        cached(60, models=["shop.Nope"])
+    with pytest.raises(ValueError, match="stale_ttl must be between 0 and 31536000"):
+        get_or_load("k", lambda: 1, 60, stale_ttl=-1)
+    with pytest.raises(ValueError, match="timeout must be at most a year"):
+        get_or_load("k", lambda: 1, 10**9)
+    with pytest.raises(TypeError, match="loader must be callable"):
+        get_or_load("k", "not a function", 60)
+    with pytest.raises(CacheKeyError, match=r"key\[1\] of type object"):
+        get_or_load(("k", object()), lambda: 1, 60)

@@ -58,7 +58,7 @@ def test_l1_is_coherent_across_two_processes(cache_settings, redis_client):
         assert ask("stats")["l1_hit"] == {"default:profile": 1}
         # Remove the Redis copy behind the L1's back: the child still answers from its L1.
         redis_client.set("test:source", "v2")
-        for key in redis_client.keys("*:val:profile:*"):
+        for key in redis_client.keys("*:profile:*}:v"):
             redis_client.delete(key)
         assert ask("get") == "v1"
         # An invalidation in this process reaches the other process's L1.
@@ -90,6 +90,33 @@ def test_l1_is_bounded(cache_settings):
         get_or_load(("bounded", i), lambda i=i: i, 60)
         get_or_load(("bounded", i), lambda i=i: i, 60)
     assert len(engine().l1()) == 10
+
+
+def test_l1_is_bounded_by_bytes_too(cache_settings):
+    cache_settings(L1=True, L1_SIZE=1000, L1_MAX_BYTES=100_000)
+    assert engine().wait_for_l1()
+    for i in range(150):
+        get_or_load(("big", i), lambda i=i: "x" * 10_000 + str(i), 60)
+    l1 = engine().l1()
+    assert 0 < len(l1) <= 10 and l1.bytes <= 100_000
+    # A value over a quarter of the budget is never kept: it would evict everything else.
+    get_or_load("huge", lambda: "y" * 40_000, 60)
+    get_or_load("huge", lambda: "y" * 40_000, 60)
+    assert metrics.total("l1_hit") == 0 and l1.bytes <= 100_000
+
+
+def test_an_outage_suspends_and_empties_the_l1(cache_settings, redis_server):
+    cache_settings(L1=True, RETRY_AFTER=0.2)
+    assert engine().wait_for_l1()
+    get_or_load("l1-outage", lambda: "v1", 60)
+    assert len(engine().l1()) == 1
+    redis_server.stop()
+    try:
+        assert get_or_load("other", lambda: "loaded", 60) == "loaded"  # opens the breaker
+        assert len(engine().l1()) == 0 and not engine().l1().trusted
+        assert get_or_load("l1-outage", lambda: "from loader", 60) == "from loader"
+    finally:
+        redis_server.start()
 
 
 @pytest.fixture
@@ -135,7 +162,7 @@ def test_redis_stopped_mid_test_zero_errors_correct_values(redis_server, cache_s
     wait_until(cache_works_again)
     from django_redis import get_redis_connection
 
-    assert get_redis_connection("default").keys("*:gen:tag:reports"), "queued invalidation replayed"
+    assert get_redis_connection("default").keys("*:g:t:reports"), "queued invalidation replayed"
     assert engine().wait_for_l1()
 
 

@@ -1,4 +1,5 @@
-"""On a real three-node Redis Cluster: a namespace's keys share a slot, nothing crosses slots."""
+"""On a real three-node Redis Cluster: a namespace's counters share a slot (read together,
+always consistent), its values spread over the cluster, and nothing crosses slots."""
 
 import threading
 import time
@@ -6,7 +7,7 @@ import time
 import pytest
 
 from data_arch.caching import CacheAside, metrics, namespace
-from data_arch.caching.engine import Spec
+from data_arch.caching.engine import Call, Spec
 from data_arch.caching.keys import argument_digest
 from data_arch.tenancy import Tenant
 from harness.services import start_redis_cluster
@@ -37,38 +38,35 @@ def cluster_engine(redis_cluster, cache_settings):
 SPEC = Spec(name="report", timeout=60, models=("shop.order", "shop.customer"), tags=("pricing",))
 
 
-def test_every_namespace_keeps_its_keys_in_one_slot(cluster_engine):
+def test_counters_share_a_slot_and_values_spread_over_the_cluster(cluster_engine):
     client = cluster_engine.client()
-    slots = set()
-    for n in range(12):
-        ns = namespace(Tenant(pk=n, schema_name=f"tenant_{n}"))
-        digest = argument_digest(("report", n))
+    ns = namespace(Tenant(pk=1, schema_name="tenant_1"))
+    value_slots, nodes = set(), set()
+    for n in range(40):
+        call = Call(SPEC, argument_digest(("report", n)))
         loads = []
         for _ in range(2):
             assert cluster_engine.get_or_load(
-                ns, digest, SPEC, lambda loads=loads, n=n: loads.append(1) or {"n": n}
+                ns, call, lambda loads=loads, n=n: loads.append(1) or {"n": n}
             ) == {"n": n}
         assert len(loads) == 1
-        keys = [
-            *cluster_engine.generation_keys(ns, SPEC),
-            ns.value_key("report", digest),
-            ns.lock_key("report", digest),
-        ]
-        key_slots = {client.keyslot(key) for key in keys}
-        assert len(key_slots) == 1, keys
-        slots |= key_slots
-        cluster_engine.bump([ns.tag_generation("pricing")])
-        assert cluster_engine.get_or_load(ns, digest, SPEC, lambda: "after flush") == "after flush"
-    nodes = {
-        client.get_node_from_key(namespace(Tenant(pk=n, schema_name=f"tenant_{n}")).slot).name
-        for n in range(12)
-    }
-    assert len(slots) > 1 and len(nodes) > 1, "namespaces should spread over the cluster"
+        keys = cluster_engine.keys_for(ns, call)
+        counter_slots = {client.keyslot(key) for key in (*keys.generations, keys.positions)}
+        assert len(counter_slots) == 1, keys
+        own = {client.keyslot(key) for key in (keys.value, keys.lease, keys.version, keys.waiting)}
+        assert len(own) == 1
+        value_slots |= own
+        nodes.add(client.get_node_from_key(keys.value).name)
+    assert len(value_slots) > 30 and len(nodes) == 3, "one namespace's values spread out"
+    cluster_engine.bump([ns.tag_generation("pricing")])
+    call = Call(SPEC, argument_digest(("report", 1)))
+    assert cluster_engine.get_or_load(ns, call, lambda: "after flush") == "after flush"
+    assert metrics.total("error") == 0
 
 
 def test_one_loader_per_key_on_the_cluster(cluster_engine):
     ns = namespace(Tenant(pk=1, schema_name="tenant_1"))
-    digest = argument_digest("busy")
+    call = Call(SPEC, argument_digest("busy"))
     barrier = threading.Barrier(16)
     loads, results = [], []
 
@@ -79,7 +77,7 @@ def test_one_loader_per_key_on_the_cluster(cluster_engine):
 
     def request():
         barrier.wait()
-        results.append(cluster_engine.get_or_load(ns, digest, SPEC, loader))
+        results.append(cluster_engine.get_or_load(ns, call, loader))
 
     threads = [threading.Thread(target=request) for _ in range(16)]
     for thread in threads:
@@ -91,13 +89,21 @@ def test_one_loader_per_key_on_the_cluster(cluster_engine):
     assert metrics.total("error") == 0
 
 
-def test_l1_invalidation_over_cluster_pubsub(cluster_engine, cache_settings):
+def test_single_key_invalidation_and_l1_over_cluster_pubsub(cluster_engine, cache_settings):
     cache_settings(FAIL_OPEN=False, L1=True)
-    assert cluster_engine.wait_for_l1()
-    ns = namespace(Tenant(pk=2, schema_name="tenant_2"))
-    values = iter(range(10))
-    for _ in range(3):
-        assert cluster_engine.get_or_load(ns, "d", SPEC, lambda: next(values)) == 0
-    assert metrics.total("l1_hit") >= 1
-    cluster_engine.bump([ns.model_generation("shop.order")])
-    assert cluster_engine.get_or_load(ns, "d", SPEC, lambda: next(values)) == 1
+    engine = CacheAside("default", client=cluster_engine.client())
+    try:
+        assert engine.wait_for_l1()
+        ns = namespace(Tenant(pk=2, schema_name="tenant_2"))
+        call = Call(SPEC, "d" * 40)
+        values = iter(range(10))
+        for _ in range(3):
+            assert engine.get_or_load(ns, call, lambda: next(values)) == 0
+        assert metrics.total("l1_hit") >= 1
+        engine.bump([ns.model_generation("shop.order")])
+        assert engine.get_or_load(ns, call, lambda: next(values)) == 1
+        engine.invalidate_values([engine.keys_for(ns, call).value])
+        assert engine.get_or_load(ns, call, lambda: next(values)) == 2
+        assert metrics.total("error") == 0
+    finally:
+        engine.close()

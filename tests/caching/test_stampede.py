@@ -9,6 +9,7 @@ import time
 import pytest
 
 from data_arch.caching import engine, get_or_load, metrics, reset_engines
+from data_arch.caching.envelope import decode
 
 FORK = multiprocessing.get_context("fork")
 
@@ -95,7 +96,7 @@ def test_a_crashed_loader_holds_the_lease_only_until_it_expires(
     child.join(30)
     assert child.exitcode == -signal.SIGKILL
     assert loads.count == 1
-    assert redis_client.keys("*:lock:crashy:*"), "the dead holder's lease is still there"
+    assert redis_client.keys("*:crashy:*}:l"), "the dead holder's lease is still there"
     assert get_or_load("crashy", _counted_loader(0, "recovered"), 60) == "recovered"
     assert loads.count == 2
     assert metrics.total("lock_wait") == 1
@@ -104,7 +105,7 @@ def test_a_crashed_loader_holds_the_lease_only_until_it_expires(
 def test_lease_is_released_when_the_loader_raises(redis_client):
     with pytest.raises(ZeroDivisionError):
         get_or_load("fails", lambda: 1 / 0, 60)
-    assert redis_client.keys("*:lock:*") == []
+    assert redis_client.keys("*}:l") == []
     assert get_or_load("fails", lambda: "ok", 60) == "ok"
 
 
@@ -123,8 +124,8 @@ def test_xfetch_refreshes_a_hot_key_before_it_expires(cache_settings, loads):
 
 def test_xfetch_uses_the_measured_load_time(redis_client):
     get_or_load("measured", lambda: time.sleep(0.05) or 1, 60)
-    (key,) = redis_client.keys("*:val:measured:*")
-    envelope = engine().decode(redis_client.get(key))
+    (key,) = redis_client.keys("*:measured:*}:v")
+    envelope = decode(redis_client.get(key), "json")
     assert envelope.delta >= 0.05
     assert engine()._xfetch(envelope, envelope.expires - 0.001, beta=1.0)
     assert not engine()._xfetch(envelope, envelope.expires - 60, beta=1.0)
