@@ -329,3 +329,15 @@ def dependent_objects(using: str, schema: str, name: str) -> list[str]:
             [sql.qualified(schema, name)],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[str, str]]:
+    """(name, definition) of the parent's own foreign keys, as ``pg_get_constraintdef`` prints
+    them for the current search_path."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype = 'f' AND conparentid = 0 ORDER BY conname",
+            [sql.qualified(schema, table)],
+        )
+        return [(name, definition) for name, definition in cursor.fetchall()]

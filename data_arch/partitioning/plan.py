@@ -356,6 +356,7 @@ def create_steps(
     drain: bool,
     staged: bool,
     captured: bool = False,
+    foreign_keys: list[tuple[str, str]] | None = None,
 ) -> list[Step]:
     """The steps that create one month's partition (see the README's lock table).
 
@@ -378,6 +379,14 @@ def create_steps(
         ]
     assert default is not None
     capture = [] if captured else sql.create_capture(schema, default, name, key, column, start, end)
+    if stage and foreign_keys:
+        # The parent's foreign keys made on the empty table now (the copy then checks each row
+        # outside any lock) let ATTACH adopt them instead of validating every row under lock.
+        stage = [
+            *(f"LOCK TABLE {ref} IN SHARE ROW EXCLUSIVE MODE" for ref in referenced),
+            *stage,
+            *(sql.add_constraint(schema, name, fk, definition) for fk, definition in foreign_keys),
+        ]
     steps = []
     if stage or capture:
         steps.append(Step("stage", (*stage, *capture)))
@@ -472,6 +481,7 @@ def _table_plan(
             catalog.primary_key_columns(using, schema, table) if drain else [],
             catalog.columns(using, schema, table) if drain else [],
             settings.drain_batch_size, drain=drain, staged=False,
+            foreign_keys=catalog.foreign_key_definitions(using, schema, table) if drain else None,
         )
         actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
     if cutoff is not None:

@@ -176,12 +176,17 @@ class Runner:
                         )
                     cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
                     count = 0
+                    started = time.perf_counter()
                     for statement in statements:
                         if callable(statement):
                             statement(cursor)
                         else:
                             cursor.execute(statement)
                             count = cursor.rowcount
+                    logger.debug(
+                        "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
+                        len(statements), (time.perf_counter() - started) * 1000,
+                    )
                 return count
             except MaintenanceBusy:
                 if attempt == attempts:
@@ -354,6 +359,7 @@ def _create_once(
         catalog.primary_key_columns(using, schema, table.table),
         catalog.columns(using, schema, table.table),
         runner.settings.drain_batch_size, drain=True, staged=staged, captured=captured,
+        foreign_keys=catalog.foreign_key_definitions(using, schema, table.table),
     )
     for step in steps:
         guard = _guard(schema, name, staged)

@@ -214,14 +214,24 @@ def swap(
     changes = qualified(schema, changes_name(name))
     keys = ", ".join(quote(c) for c in key)
     return [
+        # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: checks queued until commit
+        # would make the ATTACH below fail ("pending trigger events").
+        "SET CONSTRAINTS ALL IMMEDIATE",
         f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
         (
             f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
             f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
             f"(SELECT {keys} FROM {changes})"
         ),
-        f"DELETE FROM {source} d WHERE {_in_range('d', column, start, end)}",
+        # The trigger goes before the delete, or it would record every row deleted.
         f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+        # Emptying the month: when the default holds nothing else, TRUNCATE (no per-row work
+        # under the lock); otherwise a DELETE of the month's rows.
+        (
+            f"DO $swap$ BEGIN IF EXISTS (SELECT 1 FROM {source} d WHERE NOT "
+            f"({_in_range('d', column, start, end)})) THEN DELETE FROM {source} d WHERE "
+            f"{_in_range('d', column, start, end)}; ELSE TRUNCATE {source}; END IF; END $swap$"
+        ),
         f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
         f"DROP TABLE {changes}",
     ]
@@ -243,6 +253,11 @@ def move_all(
         f"{_in_range('d', column, start, end)} RETURNING {cols}) "
         f"INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
     )
+
+
+def add_constraint(schema: str, table: str, name: str, definition: str) -> str:
+    """``definition`` comes from ``pg_get_constraintdef``: PostgreSQL's own text, not user input."""
+    return f"ALTER TABLE {qualified(schema, table)} ADD CONSTRAINT {quote(name)} {definition}"
 
 
 def drop_foreign_key(schema: str, name: str, constraint: str) -> str:
