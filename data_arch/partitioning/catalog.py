@@ -341,3 +341,47 @@ def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[s
             [sql.qualified(schema, table)],
         )
         return [(name, definition) for name, definition in cursor.fetchall()]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSecurity:
+    """A table's row-level security: the flags and its policies, as PostgreSQL prints them."""
+
+    enabled: bool
+    forced: bool
+    #: (name, "PERMISSIVE" | "RESTRICTIVE", command, roles, USING text, WITH CHECK text)
+    policies: tuple[tuple[str, str, str, tuple[str, ...], str | None, str | None], ...]
+
+
+def row_security(using: str, schema: str, table: str) -> RowSecurity:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
+            [sql.qualified(schema, table)],
+        )
+        enabled, forced = cursor.fetchone()
+        cursor.execute(
+            "SELECT policyname, permissive, cmd, roles, qual, with_check FROM pg_policies "
+            "WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
+            [schema, table],
+        )
+        policies = tuple(
+            (name, permissive, cmd, tuple(roles), qual, check)
+            for name, permissive, cmd, roles, qual, check in cursor.fetchall()
+        )
+    return RowSecurity(enabled, forced, policies)
+
+
+def partitions_without_row_security(using: str, schema: str, table: str) -> list[str]:
+    """Partitions that lack the row-level security their parent has (read directly, they would
+    show every tenant's rows)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhparent = %s::regclass "
+            "AND p.relrowsecurity AND (NOT c.relrowsecurity OR (p.relforcerowsecurity AND NOT "
+            "c.relforcerowsecurity) OR (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) "
+            "< (SELECT count(*) FROM pg_policy WHERE polrelid = p.oid)) ORDER BY 1",
+            [sql.qualified(schema, table)],
+        )
+        return [row[0] for row in cursor.fetchall()]

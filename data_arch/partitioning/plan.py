@@ -357,6 +357,7 @@ def create_steps(
     staged: bool,
     captured: bool = False,
     foreign_keys: list[tuple[str, str]] | None = None,
+    row_security: catalog.RowSecurity | None = None,
 ) -> list[Step]:
     """The steps that create one month's partition (see the README's lock table).
 
@@ -367,7 +368,10 @@ def create_steps(
     short transaction under ACCESS EXCLUSIVE on the parent (so no reader plans the query
     with the old set of partitions and misses the rows).
     """
-    stage = [] if staged else list(sql.create_standalone(schema, table, name, column, start, end))
+    stage = [] if staged else [
+        *sql.create_standalone(schema, table, name, column, start, end),
+        *sql.copy_row_security(schema, name, row_security),
+    ]
     finish = [sql.attach(schema, table, name, start, end), sql.drop_bounds_check(schema, name)]
     if not drain:
         mode = "SHARE ROW EXCLUSIVE" if default else "SHARE UPDATE EXCLUSIVE"
@@ -458,6 +462,12 @@ def _table_plan(
         if cutoff is None or add_months(month, 1) > cutoff:
             months.add(month)
     referenced = tuple(catalog.referenced_tables(using, schema, table))
+    security = catalog.row_security(using, schema, table)
+    for partition in catalog.partitions_without_row_security(using, schema, table):
+        problems.append(
+            f"{partition} lacks the row-level security of {table}: read directly it shows every "
+            "row; enable it and copy the policies (new partitions get them)"
+        )
     default = state.default.name if state.default else None
     actions: list[Action] = []
     for start in sorted(months):
@@ -482,6 +492,7 @@ def _table_plan(
             catalog.columns(using, schema, table) if drain else [],
             settings.drain_batch_size, drain=drain, staged=False,
             foreign_keys=catalog.foreign_key_definitions(using, schema, table) if drain else None,
+            row_security=security,
         )
         actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
     if cutoff is not None:

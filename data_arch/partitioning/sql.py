@@ -255,6 +255,30 @@ def move_all(
     )
 
 
+def copy_row_security(schema: str, name: str, security: object) -> list[str]:
+    """The parent's row-level security on a new partition: the flags and every policy.
+
+    LIKE copies neither, and a partition read directly (``SELECT ... FROM table_p2026_01``)
+    applies only its own policies. The expressions are PostgreSQL's own ``pg_policies`` text.
+    """
+    enabled = getattr(security, "enabled", False)
+    if not enabled:
+        return []
+    target = qualified(schema, name)
+    statements = [f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY"]
+    if getattr(security, "forced", False):
+        statements.append(f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY")
+    for policy, permissive, command, roles, using, check in getattr(security, "policies", ()):
+        to = ", ".join("PUBLIC" if r == "public" else quote(r) for r in roles) or "PUBLIC"
+        statement = f"CREATE POLICY {quote(policy)} ON {target} AS {permissive} FOR {command} TO {to}"
+        if using is not None:
+            statement += f" USING ({using})"
+        if check is not None:
+            statement += f" WITH CHECK ({check})"
+        statements.append(statement)
+    return statements
+
+
 def add_constraint(schema: str, table: str, name: str, definition: str) -> str:
     """``definition`` comes from ``pg_get_constraintdef``: PostgreSQL's own text, not user input."""
     return f"ALTER TABLE {qualified(schema, table)} ADD CONSTRAINT {quote(name)} {definition}"

@@ -90,6 +90,11 @@ def status(
         }
         problems = list(state.gaps_and_overlaps())
         problems += [
+            f"{name} lacks the row-level security of {state.table}: read directly it shows "
+            "every row"
+            for name in catalog.partitions_without_row_security(using, schema, state.table)
+        ]
+        problems += [
             f"staging table {name} ({rows} row(s)) is not attached: an interrupted drain; "
             "rerun apply to finish it"
             for name, rows in staging.items()

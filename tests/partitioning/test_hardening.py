@@ -301,3 +301,50 @@ def test_shared_partitions_are_not_archived_into_a_tenants_schema(audit):  # noq
             assert cursor.fetchone()[0]
     finally:
         Client.objects.filter(schema_name="archive").delete()
+
+
+# ----------------------------------------------------------------- row-level security on partitions
+
+
+def test_new_partitions_carry_the_parents_row_level_security(events):
+    import psycopg
+
+    from example_project.events.models import Event
+
+    role = "partition_reader"
+    execute(events, f"ALTER TABLE {sql.quote(TABLE)} ENABLE ROW LEVEL SECURITY")
+    execute(events, f"ALTER TABLE {sql.quote(TABLE)} FORCE ROW LEVEL SECURITY")
+    execute(events, f"CREATE POLICY only_logins ON {sql.quote(TABLE)} USING (kind = 'login')")
+    execute(events, f"DROP ROLE IF EXISTS {role}")
+    execute(events, f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
+    try:
+        result = apply(plan(models_=["events.Event"], ahead=1))
+        assert ok(result) and len(result.done) == 2
+        now = dt.datetime.now(dt.UTC)
+        current = sql.partition_name(TABLE, dt.datetime(now.year, now.month, 1))
+        with connection.cursor() as cursor:
+            cursor.execute("SET row_security = off")  # the owner sees both rows to insert them
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} NO FORCE ROW LEVEL SECURITY")
+        Event.objects.create(occurred_at=now, kind="login")
+        Event.objects.create(occurred_at=now, kind="page_view")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} FORCE ROW LEVEL SECURITY")
+        execute(events, f"GRANT USAGE ON SCHEMA {sql.quote(events)} TO {role}")
+        execute(events, f"GRANT SELECT ON {sql.qualified(events, current)} TO {role}")
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"], dbname=settings["NAME"], user=role
+        ) as reader:
+            kinds = reader.execute(
+                f"SELECT kind FROM {sql.qualified(events, current)}"
+            ).fetchall()
+        assert kinds == [("login",)]  # read directly, the partition applies the policy
+        problems = status()[0].problems
+        assert any(p.startswith(f"{TABLE}_default lacks the row-level security") for p in problems)
+    finally:
+        execute(events, f"DROP POLICY IF EXISTS only_logins ON {sql.quote(TABLE)}")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} NO FORCE ROW LEVEL SECURITY")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} DISABLE ROW LEVEL SECURITY")
+        execute(events, f"DROP OWNED BY {role}")
+        execute(events, f"DROP ROLE IF EXISTS {role}")
+        with connection.cursor() as cursor:
+            cursor.execute("RESET row_security")
