@@ -66,6 +66,19 @@ class TableState:
             if p.kind != "r"
         ]
         problems += [
+            f"{p.name} has bounds that are not UTC month starts "
+            f"({p.start:%Y-%m-%d %H:%M} .. {p.end:%Y-%m-%d %H:%M} UTC; made by another tool in "
+            "another time zone?): no partition overlapping it is created; detach it and attach "
+            "it under UTC month bounds, or keep it and let its months stay as they are"
+            for p in self.partitions
+            if not p.is_default
+            and p.start is not None
+            and p.end is not None
+            and p.end != FAR_FUTURE
+            and p.start != FAR_FUTURE
+            and any(b.day != 1 or b.hour or b.minute or b.second for b in (p.start, p.end))
+        ]
+        problems += [
             f"{p.name} is pending detach (an interrupted DETACH ... CONCURRENTLY): "
             "apply finishes it with DETACH ... FINALIZE"
             for p in self.partitions

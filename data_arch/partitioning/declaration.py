@@ -48,12 +48,12 @@ class MonthlyPartitioning(BaseConstraint):
     ) -> None:
         if not isinstance(field, str) or not field:
             raise ValueError(f"MonthlyPartitioning(field=...) must name a field, got {field!r}")
-        for label, value in (("ahead", ahead), ("retain", retain)):
+        for label, value, low in (("ahead", ahead, 0), ("retain", retain, 1)):
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, int) or value < low
             ):
                 raise ValueError(
-                    f"MonthlyPartitioning({label}=...) must be an int >= 1, got {value!r}"
+                    f"MonthlyPartitioning({label}=...) must be an int >= {low}, got {value!r}"
                 )
         if mode is not None and mode not in MODES:
             raise ValueError(f"MonthlyPartitioning(mode=...) must be one of {MODES}, got {mode!r}")

@@ -348,3 +348,20 @@ def test_new_partitions_carry_the_parents_row_level_security(events):
         execute(events, f"DROP ROLE IF EXISTS {role}")
         with connection.cursor() as cursor:
             cursor.execute("RESET row_security")
+
+
+def test_a_grid_cut_in_another_time_zone_is_reported_not_overlapped(events):
+    # pg_partman under America/New_York cuts months at 05:00 / 04:00 UTC.
+    execute(
+        events,
+        f"CREATE TABLE events_event_ny PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2026-07-01 04:00+00') TO ('2026-08-01 04:00+00')",
+    )
+    the_plan = plan(models_=["events.Event"], ahead=3, now=NOW)
+    problems = the_plan.tables[0].problems
+    assert any("events_event_ny has bounds that are not UTC month starts" in p for p in problems)
+    created = [a.partition for a in the_plan.tables[0].actions]
+    assert "events_event_p2026_06" in created and "events_event_p2026_09" in created
+    assert "events_event_p2026_07" not in created and "events_event_p2026_08" not in created
+    result = apply(the_plan)
+    assert ok(result)
