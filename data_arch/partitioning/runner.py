@@ -126,7 +126,7 @@ class Runner:
 
         A lock request queues everyone who comes after it; waiting here instead keeps writers
         and readers flowing while a long reader finishes. Bounded per step by
-        ``LOCK_TIMEOUT_MS * LOCK_RETRIES`` (at least 1 s) in all, shared by its attempts
+        ``LOCK_TIMEOUT_MS * LOCK_RETRIES``, kept between 1 and 10 s, shared by its attempts
         through ``budget``; past that the step's own lock_timeout bounds everyone's wait.
         Other roles' transaction starts are visible only to superusers and pg_read_all_stats:
         without that right this wait passes at once and lock_timeout alone bounds the waits.
@@ -146,7 +146,7 @@ class Runner:
             budget[0] = max(0.0, budget[0] - (time.monotonic() - started))
 
     def quiet_budget(self) -> float:
-        return max(1.0, self.settings.lock_timeout_ms * self.settings.lock_retries / 1000)
+        return min(10.0, max(1.0, self.settings.lock_timeout_ms * self.settings.lock_retries / 1000))
 
     def transaction(
         self,
