@@ -97,6 +97,15 @@ def positive_number(name: str, value: Any) -> float:
     return number
 
 
+def optional(validate: Validator) -> Validator:
+    """``validate``, or None left as None."""
+
+    def check(name: str, value: Any) -> Any:
+        return None if value is None else validate(name, value)
+
+    return check
+
+
 def number_between(low: float, high: float) -> Validator:
     def check(name: str, value: Any) -> float:
         number = non_negative_number(name, value)
@@ -345,12 +354,20 @@ class RouterSettings:
     #: Longest wait of a health probe, connect included, in seconds; also the connect_timeout
     #: given to replica aliases that set none (libpq's minimum is 2).
     probe_timeout: int = _field(2, int_between(2, 60))
-    #: An unhealthy replica is re-probed after HEALTH_TTL, then 2x, 4x ... up to this, seconds.
-    health_backoff_max: float = _field(30.0, number_between(0.05, 3600))
+    #: An unhealthy replica is re-probed after HEALTH_TTL, then 2x, 4x ... up to this, seconds
+    #: (None: 30 s, or HEALTH_TTL when that is longer).
+    health_backoff_max: float | None = _field(None, optional(number_between(0.05, 3600)))
     #: What reads do when no replica is healthy.
     no_healthy_replica: str = _field("primary", one_of("primary", "error"))
     #: Name of the signed cookie carrying the WAL token between requests.
     cookie_name: str = _field("data_arch_wal", string)
+
+    @property
+    def backoff_ceiling(self) -> float:
+        """The longest wait between probes of an unhealthy replica, in seconds."""
+        if self.health_backoff_max is not None:
+            return self.health_backoff_max
+        return max(30.0, self.health_ttl)
 
     def validate(self) -> None:
         primaries = [self.primary, *(s["primary"] for s in self.sets)]
@@ -363,7 +380,7 @@ class RouterSettings:
             )
         if len(set(primaries)) != len(primaries) or len(set(replicas)) != len(replicas):
             raise SettingError("DATA_ARCH['ROUTER']: an alias appears in more than one set")
-        if self.health_backoff_max < self.health_ttl:
+        if self.health_backoff_max is not None and self.health_backoff_max < self.health_ttl:
             raise SettingError(
                 f"DATA_ARCH['ROUTER']['HEALTH_BACKOFF_MAX'] ({self.health_backoff_max:g}) must be "
                 f">= HEALTH_TTL ({self.health_ttl:g})"
@@ -408,8 +425,28 @@ class CacheSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CelerySettings:
-    #: Queue the data_arch tasks are sent to.
+    #: Queue the data_arch tasks are sent to (None: Celery's default queue).
     queue: str | None = _field(None, optional_string)
+    #: Seconds between scheduled partition maintenance runs (beat_schedule()).
+    partitions_interval: float = _field(3600.0, number_between(10, 7 * 86400))
+    #: Seconds between scheduled cache warming runs (None: not scheduled).
+    warm_interval: float | None = _field(300.0, optional(number_between(10, 7 * 86400)))
+    #: Seconds between scheduled replica health refreshes (None: not scheduled).
+    health_interval: float | None = _field(30.0, optional(number_between(1, 86400)))
+    #: Most tenants one job works on at once, across every worker (a Redis semaphore).
+    tenant_concurrency: int = _field(4, int_between(1, 1000))
+    #: Tenants enqueued per batch when a job fans out over every tenant.
+    tenant_batch: int = _field(100, int_between(1, 100_000))
+    #: Seconds of random delay added to each tenant's start, spreading the load.
+    tenant_jitter: float = _field(5.0, number_between(0, 3600))
+    #: Seconds a job's single-flight lease lives without a heartbeat (a dead worker's lapses).
+    lease_seconds: float = _field(300.0, number_between(5, 86400))
+    #: A job without a successful run for this many seconds is reported (data_arch.W010);
+    #: None: twice its interval.
+    stale_after: float | None = _field(None, optional(number_between(60, 30 * 86400)))
+
+    def stale_seconds(self, interval: float) -> float:
+        return self.stale_after if self.stale_after is not None else 2 * interval
 
 
 def tenancy_settings() -> TenancySettings:

@@ -8,6 +8,8 @@ Nothing is installed by importing a module. :func:`install` connects:
 
   1. ``routing.writes.watch_writes`` -- on primaries: after a statement succeeded, notes that
      the context wrote. Outermost, so it sees the statement exactly as the ORM wrote it.
+     (``cursor.callproc()`` bypasses execute wrappers: ``routing.writes.watch_callproc`` gives
+     the connection cursors that note it.)
   2. ``routing.failover.retry_reads`` -- on replicas: a read whose connection broke (or that a
      hot-standby conflict cancelled) is re-run on another connection through that connection's
      own cursor, so every inner wrapper runs again there, on the statement the ORM wrote.
@@ -33,7 +35,7 @@ from django.db.models.signals import post_migrate, pre_migrate
 from data_arch import conf
 from data_arch.routing.failover import retry_reads
 from data_arch.routing.migrations import on_post_migrate, on_pre_migrate
-from data_arch.routing.writes import watch_writes
+from data_arch.routing.writes import watch_callproc, watch_writes
 from data_arch.tenancy.rls import set_tenant
 
 __all__ = ["WRAPPERS", "install", "install_wrappers"]
@@ -50,6 +52,7 @@ def install_wrappers(connection: Any) -> None:
     """
     if connection.vendor != "postgresql":
         return
+    watch_callproc(connection)
     wrappers = connection.execute_wrappers
     if wrappers[: len(WRAPPERS)] == list(WRAPPERS):
         return

@@ -1,14 +1,23 @@
 """Celery integration: a task sent after a write carries the WAL token; the worker honours it.
 
-Connected when data_arch.routing is imported and Celery is installed; Celery itself is only
+Connected by :func:`data_arch.wiring.install` when Celery is installed; Celery itself is only
 imported here. The token travels in the message header ``data_arch_wal``; on the worker each
-task runs in its own routing context that starts from it.
+task runs in its own routing context that starts from it, so its reads see the sender's
+writes: on a replica that has replayed them, else on the primary. An eager task
+(``.apply()``, ``task_always_eager``) runs in the caller's own context.
+
+:func:`replica_or_retry` is the other policy for tasks that need not run at once: instead of
+reading the primary, the task is retried after a short delay until a replica has caught up,
+for at most ``max_wait`` seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 from data_arch.routing.state import current_state, routing_context, token_from
@@ -48,6 +57,59 @@ def on_task_postrun(task_id: str | None = None, **kwargs: Any) -> None:
     manager = _open.pop(task_id or "", None)
     if manager is not None:
         manager.__exit__(None, None, None)
+
+
+def replicas_caught_up() -> bool:
+    """Whether, for every position the current context must see, a replica has replayed it
+    (True when there is nothing to wait for). Does not wait."""
+    from data_arch.routing.router import pick_replica
+    from data_arch.routing.sets import set_for_alias
+
+    state = current_state()
+    if state is None or not state.required:
+        return True
+    for primary, required in state.required.items():
+        rset = set_for_alias(primary)
+        if rset is None or not rset.replicas:
+            continue
+        if pick_replica(rset, set(), required, state, wait=False) is None:
+            return False
+    return True
+
+
+def replica_or_retry(
+    func: Callable[..., Any] | None = None, *, delay: float = 0.5, max_wait: float = 30.0
+) -> Any:
+    """Task decorator (under ``@shared_task``): a task that carries a WAL token no replica has
+    replayed yet is retried after ``delay`` seconds instead of reading the primary; after
+    ``max_wait`` seconds of retries it runs anyway, reading the primary as usual.
+
+    ::
+
+        @shared_task
+        @replica_or_retry(delay=0.5, max_wait=30)
+        def rebuild_report(account_id): ...
+    """
+    if delay <= 0 or max_wait < delay:
+        raise ValueError(f"replica_or_retry needs 0 < delay <= max_wait, got {delay}, {max_wait}")
+    attempts = math.ceil(max_wait / delay)
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from celery import current_task
+
+            request = getattr(current_task, "request", None)
+            if request is not None and not request.is_eager and not replicas_caught_up():
+                if (request.retries or 0) < attempts:
+                    raise current_task.retry(countdown=delay, max_retries=attempts)
+                logger.info("task %s: no replica caught up in %ss; reading the primary",
+                            request.id, max_wait)
+            return function(*args, **kwargs)
+
+        return run
+
+    return decorate(func) if func is not None else decorate
 
 
 def install() -> bool:

@@ -30,7 +30,10 @@ from data_arch.routing import sql
 from data_arch.routing.lsn import parse_lsn
 from data_arch.routing.wal import note_replayed
 
-__all__ = ["ReplicaHealth", "health_of", "mark_unhealthy", "probe", "reset_health"]
+__all__ = [
+    "ReplicaHealth", "health_of", "last_verdict", "mark_unhealthy", "probe", "refresh",
+    "reset_health",
+]
 
 logger = logging.getLogger("data_arch.routing")
 
@@ -82,7 +85,7 @@ def _config() -> Any:
 
 
 def _backoff(failures: int, config: Any) -> float:
-    return min(config.health_ttl * (2 ** max(failures - 1, 0)), config.health_backoff_max)
+    return min(config.health_ttl * (2 ** max(failures - 1, 0)), config.backoff_ceiling)
 
 
 def _store(alias: str, result: ReplicaHealth) -> ReplicaHealth:
@@ -94,6 +97,8 @@ def _store(alias: str, result: ReplicaHealth) -> ReplicaHealth:
         if result.healthy:
             host.failures = 0
             host.recheck_at = result.checked_at + config.health_ttl
+        elif previous is not None and not previous.healthy and result.checked_at < host.recheck_at:
+            pass  # the same outage reported again (by another read): the backoff stands
         else:
             host.failures += 1
             host.recheck_at = result.checked_at + _backoff(host.failures, config)
@@ -104,6 +109,12 @@ def _store(alias: str, result: ReplicaHealth) -> ReplicaHealth:
     elif previous is not None and not previous.healthy and result.healthy:
         logger.info("replica %r is healthy again", alias)
     return result
+
+
+def last_verdict(alias: str) -> ReplicaHealth | None:
+    """The verdict on ``alias`` as it stands, without probing."""
+    host = _hosts.get(alias)
+    return host.verdict if host is not None else None
 
 
 def mark_unhealthy(alias: str, reason: str) -> None:
@@ -209,6 +220,11 @@ def probe(alias: str, primary: str) -> ReplicaHealth:
     except Exception as exc:  # noqa: BLE001 -- an alias Django cannot build a connection for
         return ReplicaHealth(alias, False, f"cannot connect: {exc}", checked_at=time.monotonic())
     return _bounded(alias, primary, params)
+
+
+def refresh(alias: str, primary: str) -> ReplicaHealth:
+    """Probe ``alias`` now and keep the verdict (a scheduled refresh; waits for the probe)."""
+    return _store(alias, probe(alias, primary))
 
 
 def _bounded(alias: str, primary: str, params: Any) -> ReplicaHealth:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -82,8 +83,22 @@ def _close(connection: Any) -> None:
         pass
 
 
+#: How long a read waits for another thread's connect to the same replica before it gives up on
+#: that replica for this read (a connect on a working network takes milliseconds).
+CONNECT_WAIT = 0.1
+
+# alias -> set when the connect in flight to it ends (one per alias per process).
+_connecting: dict[str, threading.Event] = {}
+_connecting_lock = threading.Lock()
+
+
 def _usable(alias: str) -> bool:
-    """Connect now if needed, so a replica that is down is skipped instead of failing a read."""
+    """Connect now if needed, so a replica that is down is skipped instead of failing a read.
+
+    Connects to one alias are single-flight per process: while one thread waits on a host that
+    does not answer (at most its ``connect_timeout``), the others wait :data:`CONNECT_WAIT`
+    for it and then read elsewhere, so one request per outage pays the timeout, not all.
+    """
     connection = connections[alias]
     options = connection.settings_dict.setdefault("OPTIONS", {})
     if "connect_timeout" not in options:
@@ -94,11 +109,29 @@ def _usable(alias: str) -> bool:
             return True
         # Opened before NAME changed (the test runner points mirrors at the test database).
         _close(connection)
+    with _connecting_lock:
+        in_flight = _connecting.get(alias)
+        if in_flight is None:
+            in_flight = _connecting[alias] = threading.Event()
+            mine = True
+        else:
+            mine = False
+    if not mine:
+        if not in_flight.wait(CONNECT_WAIT):
+            return False  # another thread has been waiting on this host: read elsewhere
+        verdict = health.last_verdict(alias)
+        if verdict is not None and not verdict.healthy:
+            return False  # that connect failed
     try:
         connection.ensure_connection()
     except DatabaseError as exc:
         health.mark_unhealthy(alias, f"connect failed: {exc}".strip())
         return False
+    finally:
+        if mine:
+            with _connecting_lock:
+                _connecting.pop(alias, None)
+            in_flight.set()
     return True
 
 

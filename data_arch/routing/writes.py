@@ -7,13 +7,14 @@ lazily, only when a read or a token needs it (:mod:`.wal`). It is the outermost 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 from data_arch.routing.sets import role_of
 from data_arch.routing.state import current_state
 
-__all__ = ["is_write", "watch_writes"]
+__all__ = ["is_write", "watch_callproc", "watch_writes"]
 
 _NOT_WRITES = frozenset({
     "SELECT", "SHOW", "SET", "RESET", "BEGIN", "START", "COMMIT", "END", "ROLLBACK",
@@ -61,3 +62,33 @@ def watch_writes(execute, sql, params, many, context):
     return result
 
 
+
+
+class _NotesCallproc:
+    """``callproc`` bypasses execute wrappers; a procedure called on a primary may write."""
+
+    def callproc(self, procname: str, params: Any = None, kparams: Any = None) -> Any:
+        result = super().callproc(procname, params, kparams)  # type: ignore[misc]
+        if role_of(self.db.alias) == "primary":  # type: ignore[attr-defined]
+            current_state(create=True).note_write(self.db.alias)  # type: ignore[attr-defined]
+        return result
+
+
+@functools.cache
+def _cursor_classes() -> tuple[type, type]:
+    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+    return (
+        type("CursorWrapper", (_NotesCallproc, CursorWrapper), {}),
+        type("CursorDebugWrapper", (_NotesCallproc, CursorDebugWrapper), {}),
+    )
+
+
+def watch_callproc(connection: Any) -> None:
+    """Make ``connection``'s cursors note a ``callproc`` on a primary as a write (idempotent)."""
+    if getattr(connection, "_data_arch_callproc", False):
+        return
+    plain, debug = _cursor_classes()
+    connection.make_cursor = lambda cursor: plain(cursor, connection)
+    connection.make_debug_cursor = lambda cursor: debug(cursor, connection)
+    connection._data_arch_callproc = True

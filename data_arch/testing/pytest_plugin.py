@@ -123,13 +123,18 @@ def _url_with_database(url: str, name: str) -> str:
     return urlsplit(url)._replace(path="/" + name).geturl()
 
 
-@pytest.fixture(scope="session")
-def celery_worker(request, django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen]:
-    """A real ``celery worker`` process consuming from the test broker, on the test database."""
+def start_celery_worker(
+    config: pytest.Config, *args: str, name: str = "data-arch-test"
+) -> subprocess.Popen:
+    """Start a real ``celery worker`` on the test database and wait until it is ready.
+
+    ``args`` replace the default pool options (``--pool=solo --concurrency=1``), e.g.
+    ``"--pool=prefork", "--concurrency=8"``. Stop it with :func:`stop_celery_worker`.
+    """
     from django.conf import settings
     from django.db import connections
 
-    app = request.config.getini("data_arch_celery_app") or os.environ.get("CELERY_APP")
+    app = config.getini("data_arch_celery_app") or os.environ.get("CELERY_APP")
     if not app:
         raise pytest.UsageError("set the ini option data_arch_celery_app to your Celery app")
     env = dict(os.environ)
@@ -138,19 +143,21 @@ def celery_worker(request, django_db_setup, django_db_blocker) -> Iterator[subpr
     if os.environ.get("REPLICA_URL"):
         env["REPLICA_URL"] = _url_with_database(os.environ["REPLICA_URL"], test_name)
     env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
-    env["PYTHONPATH"] = os.pathsep.join([str(request.config.rootpath), env.get("PYTHONPATH", "")])
-    hostname = f"data-arch-test-{os.getpid()}@%h"
+    env["PYTHONPATH"] = os.pathsep.join([str(config.rootpath), env.get("PYTHONPATH", "")])
+    hostname = f"{name}-{os.getpid()}@%h"
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", app, "worker", "--pool=solo",
-            "--concurrency=1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            *(args or ("--pool=solo", "--concurrency=1")),
+            "--loglevel=INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-n", hostname,
         ],
         env=env,
-        cwd=str(request.config.rootpath),
+        cwd=str(config.rootpath),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -161,22 +168,37 @@ def celery_worker(request, django_db_setup, django_db_blocker) -> Iterator[subpr
         lines.append(line)
         if " ready." in line:
             break
-    else:
-        process.kill()
     if process.poll() is not None or not any(" ready." in line for line in lines):
-        process.kill()
+        stop_celery_worker(process)
         raise RuntimeError("celery worker did not start:\n" + "".join(lines[-50:]))
     # Keep draining its output so the pipe never fills and blocks the worker.
     import threading
 
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    yield process
-    process.terminate()
+    return process
+
+
+def stop_celery_worker(process: subprocess.Popen) -> None:
+    """Stop the worker and its pool children (its own process group)."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
     try:
         process.wait(20)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(request, django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen]:
+    """A real ``celery worker`` process consuming from the test broker, on the test database."""
+    process = start_celery_worker(request.config)
+    yield process
+    stop_celery_worker(process)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ import os
 from celery import shared_task
 from django.db import connection
 
+from data_arch.routing.celery import replica_or_retry
 from example_project.customers.models import Client
 
 
@@ -23,3 +24,18 @@ def find_user(username: str) -> dict:
 
     user = get_user_model().objects.filter(username=username).first()
     return {"found": user is not None, "db": user._state.db if user else None}
+
+
+@shared_task
+@replica_or_retry(delay=0.2, max_wait=10)
+def find_user_on_a_replica(username: str) -> dict:
+    """find_user, but waiting (by retrying) for a replica that has the sender's writes."""
+    from celery import current_task
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(username=username).first()
+    return {
+        "found": user is not None,
+        "db": user._state.db if user else None,
+        "retries": current_task.request.retries,
+    }

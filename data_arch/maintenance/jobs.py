@@ -1,0 +1,208 @@
+"""The maintenance jobs as library calls: what the Celery tasks, the commands and the admin run.
+
+Each runs for one tenant (or the shared data), records the run (:mod:`.records`), sends its
+signals (:mod:`data_arch.signals`) and returns a JSON-able summary. :func:`for_each_tenant`
+runs a job over many tenants in-process; one tenant's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from data_arch.maintenance.records import record_run
+
+logger = logging.getLogger("data_arch.maintenance")
+
+__all__ = [
+    "JOBS",
+    "MaintenanceInputError",
+    "TenantOutcome",
+    "for_each_tenant",
+    "maintain_partitions",
+    "refresh_replica_health",
+    "resolve_tenants",
+    "tenant_key",
+    "warm_caches",
+]
+
+
+class MaintenanceInputError(ValueError):
+    """A job was given a tenant, model or warmer that does not exist; nothing was done."""
+
+
+@dataclasses.dataclass
+class TenantOutcome:
+    tenant: str
+    ok: bool
+    summary: dict[str, Any] | None = None
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+def tenant_key(tenant: Any) -> str:
+    """How runs and results name ``tenant``: its ``TENANCY.LOOKUP_FIELD`` value."""
+    from data_arch import conf
+
+    if tenant is None:
+        return ""
+    value = getattr(tenant, conf.tenancy_settings().lookup_field, None)
+    if value is None:
+        value = getattr(tenant, "schema_name", None) or getattr(tenant, "pk", None)
+    return str(value)
+
+
+def resolve_tenants(tenant: str | None = None, all_tenants: bool = False) -> list[Any] | None:
+    """The tenant model instances a job runs for, by ``TENANCY.LOOKUP_FIELD``; None for the
+    shared data. MaintenanceInputError names an unknown or malformed tenant."""
+    from data_arch.tenancy import InvalidTenantError, iter_tenants, resolve_tenant_by
+
+    if tenant is not None and all_tenants:
+        raise MaintenanceInputError("pass a tenant or all_tenants, not both")
+    if tenant is not None:
+        if not isinstance(tenant, str) or not tenant:
+            raise MaintenanceInputError(f"tenant must be a non-empty string, got {tenant!r}")
+        try:
+            return [resolve_tenant_by(tenant)]
+        except InvalidTenantError as exc:
+            raise MaintenanceInputError(f"tenant {tenant!r}: {exc}") from None
+    if all_tenants:
+        return list(iter_tenants())
+    return None
+
+
+@contextlib.contextmanager
+def _in_tenant(tenant: Any) -> Iterator[None]:
+    if tenant is None:
+        yield
+        return
+    from data_arch.tenancy import tenant_context
+
+    with tenant_context(tenant):
+        yield
+
+
+def for_each_tenant(
+    job: Callable[..., dict[str, Any]], tenants: Iterable[Any], **kwargs: Any
+) -> list[TenantOutcome]:
+    """Run ``job(tenant=..., **kwargs)`` for each tenant in turn; a failure is reported with
+    its tenant and the next tenant runs."""
+    outcomes = []
+    for tenant in tenants:
+        key = tenant_key(tenant)
+        try:
+            outcomes.append(TenantOutcome(key, True, job(tenant=tenant, **kwargs)))
+        except Exception as exc:  # noqa: BLE001 -- reported per tenant; the others go on
+            outcomes.append(TenantOutcome(key, False, error=f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def maintain_partitions(
+    tenant: Any = None, models: list[str] | None = None, using: str = "default",
+    task_id: str = "",
+) -> dict[str, Any]:
+    """Create partitions ahead, drain default partitions and apply retention, as configured,
+    in ``tenant``'s schema (or the current one). Raises MaintenanceInputError for an unknown
+    model before anything changes."""
+    from data_arch.partitioning import PartitionError, apply, plan
+    from data_arch.signals import partitions_created, partitions_drained, partitions_retained
+
+    key = tenant_key(tenant)
+    with _in_tenant(tenant):
+        try:
+            the_plan = plan(models_=models, using=using)
+        except PartitionError as exc:
+            raise MaintenanceInputError(str(exc)) from None
+    with record_run("partitions", key, task_id) as run, _in_tenant(tenant):
+        result = apply(the_plan)
+        done = set(result.done)
+        by_kind: dict[str, list[str]] = {}
+        for table in the_plan.tables:
+            for action in table.actions:
+                if f"{table.schema}.{table.table}: {action.kind} {action.partition}" in done:
+                    by_kind.setdefault(action.kind, []).append(action.partition)
+        failures = [str(f) for f in getattr(result, "failures", [])]
+        run.counts = {
+            "done": len(result.done), "unchanged": len(result.skipped),
+            **{kind: len(names) for kind, names in by_kind.items()},
+            "failures": len(failures),
+        }
+        if failures:
+            raise RuntimeError("; ".join(failures))
+    tables = [f"{t.schema}.{t.table}" for t in the_plan.tables]
+    if by_kind.get("create"):
+        partitions_created.send(sender="data_arch", tenant=key, tables=tables,
+                                partitions=by_kind["create"])
+    if by_kind.get("drain"):
+        partitions_drained.send(sender="data_arch", tenant=key, partitions=by_kind["drain"])
+    retained = [p for kind in ("drop", "detach", "archive") for p in by_kind.get(kind, [])]
+    if retained:
+        partitions_retained.send(sender="data_arch", tenant=key, partitions=retained,
+                                 mode=next(k for k in ("drop", "detach", "archive") if k in by_kind))
+    return {"tenant": key, "counts": run.counts, "actions": sorted(result.done)}
+
+
+def warm_caches(
+    tenant: Any = None, warmers: list[str] | None = None, task_id: str = ""
+) -> dict[str, Any]:
+    """Run the registered cache warmers (all, or ``warmers``) in ``tenant``'s context."""
+    from data_arch.caching.warmers import WarmerError, run_warmers, select
+    from data_arch.signals import warmers_run
+
+    try:
+        select(warmers)
+    except WarmerError as exc:
+        raise MaintenanceInputError(str(exc)) from None
+    key = tenant_key(tenant)
+    with record_run("warm_caches", key, task_id) as run, _in_tenant(tenant):
+        results = [
+            {"warmer": r.warmer, "seconds": round(r.seconds, 4), "error": r.error}
+            for r in run_warmers(warmers)
+        ]
+        failed = [r for r in results if r["error"]]
+        run.counts = {"warmers": len(results), "failed": len(failed)}
+        if failed:
+            raise RuntimeError("; ".join(f"{r['warmer']}: {r['error']}" for r in failed))
+    warmers_run.send(sender="data_arch", tenant=key, results=results)
+    return {"tenant": key, "warmers": results}
+
+
+def refresh_replica_health(task_id: str = "") -> dict[str, Any]:
+    """Probe every replica of every router set now and keep the verdicts (in this process;
+    each process keeps its own, refreshed lazily). Returns each replica's state."""
+    from data_arch.routing import health
+    from data_arch.routing.sets import router_sets
+
+    with record_run("replica_health", "", task_id) as run:
+        replicas = {}
+        for rset in router_sets():
+            for alias in rset.replicas:
+                verdict = health.refresh(alias, rset.primary)
+                replicas[alias] = {
+                    "healthy": verdict.healthy, "reason": verdict.reason,
+                    "lag_bytes": verdict.lag_bytes, "lag_seconds": verdict.lag_seconds,
+                }
+        run.counts = {
+            "replicas": len(replicas),
+            "unhealthy": sum(1 for r in replicas.values() if not r["healthy"]),
+        }
+    return {"replicas": replicas}
+
+
+#: job name -> (library call, whether it runs per tenant)
+JOBS: dict[str, tuple[Callable[..., dict[str, Any]], bool]] = {
+    "partitions": (maintain_partitions, True),
+    "warm_caches": (warm_caches, True),
+    "replica_health": (refresh_replica_health, False),
+}

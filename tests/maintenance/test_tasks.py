@@ -1,0 +1,175 @@
+"""Scheduled maintenance through a real Celery worker and a real Redis broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from django.db import connections
+from django_redis import get_redis_connection
+
+from data_arch.celery import beat_schedule
+from data_arch.maintenance import locks
+from data_arch.models import MaintenanceRun
+from data_arch.testing.pytest_plugin import start_celery_worker, stop_celery_worker
+from data_arch.tasks import maintain_partitions, refresh_replica_health, warm_caches
+from tests.maintenance.warmers import KEY
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+
+WAIT = 60
+
+
+@pytest.fixture
+def probe(redis_cache):
+    """Turns the test warmer on; its Redis keys are cleaned before and after."""
+    redis = get_redis_connection("default")
+    for suffix in ("started", "finished", "pid", "sleep", "broken"):
+        redis.delete(f"{KEY}:{suffix}")
+    redis.set(f"{KEY}:enabled", 1)
+    yield redis
+    redis.delete(f"{KEY}:enabled")
+
+
+@pytest.fixture(scope="module")
+def prefork_worker(request, django_db_setup, django_db_blocker):
+    """A worker with a pool of 8 child processes (the solo worker runs one task at a time)."""
+    process = start_celery_worker(
+        request.config, "--pool=prefork", "--concurrency=8", "-Q", "celery,maintenance_tests",
+        name="prefork",
+    )
+    yield process
+    stop_celery_worker(process)
+
+
+def _row_tenants(count: int, prefix: str):
+    from example_project.customers.models import Client
+
+    clients = []
+    for number in range(count):
+        client = Client(schema_name=f"{prefix}_{number:03d}", name=f"{prefix} {number}")
+        client.auto_create_schema = False
+        clients.append(client)
+    Client.objects.bulk_create(clients)
+    return [c.schema_name for c in clients]
+
+
+def test_every_beat_entry_names_a_task_the_worker_has(celery_worker):
+    from example_project.celery import app
+
+    registered = app.control.inspect(timeout=10).registered() or {}
+    names = {name for tasks in registered.values() for name in tasks}
+    entries = beat_schedule()
+    assert {"data_arch.maintain_partitions", "data_arch.warm_caches",
+            "data_arch.refresh_replica_health"} <= set(entries)
+    assert {entry["task"] for entry in entries.values()} <= names, names
+    assert app.conf.beat_schedule.keys() >= entries.keys()  # the example merges it
+
+
+def test_partition_maintenance_runs_and_is_recorded(celery_worker):
+    result = maintain_partitions.delay().get(timeout=WAIT)
+    assert result["ok"], result
+    run = MaintenanceRun.objects.filter(job="partitions", tenant="").latest("started_at")
+    assert run.outcome == "ok" and run.finished_at is not None
+    assert run.counts["failures"] == 0
+
+
+def test_a_second_run_while_one_holds_the_lease_is_skipped_at_once(celery_worker):
+    with locks.lease("partitions:", 30) as held:
+        assert held
+        started = time.monotonic()
+        result = maintain_partitions.delay().get(timeout=WAIT)
+        waited = time.monotonic() - started
+    assert result == {"ok": True, "job": "partitions", "tenant": "", "skipped": "held"}
+    assert waited < 10
+    assert maintain_partitions.delay().get(timeout=WAIT).get("skipped") is None  # free again
+
+
+def test_bad_input_is_a_failure_result_naming_it(celery_worker):
+    unknown = maintain_partitions.delay(tenant="no_such_tenant").get(timeout=WAIT)
+    assert unknown["ok"] is False and "no_such_tenant" in unknown["error"]
+    model = maintain_partitions.delay(models=["shop.Nope"]).get(timeout=WAIT)
+    assert model["ok"] is False and "shop.Nope" in model["error"]
+    warmer = warm_caches.delay(warmers=["no_such_warmer"]).get(timeout=WAIT)
+    assert warmer["ok"] is False and "no_such_warmer" in warmer["error"]
+    assert not MaintenanceRun.objects.filter(outcome="failed").exists()
+
+
+def test_replica_health_refresh_reports_each_replica(celery_worker):
+    result = refresh_replica_health.delay().get(timeout=WAIT)
+    assert result["ok"] and set(result["replicas"]) == {"replica"}
+    assert MaintenanceRun.objects.filter(job="replica_health", outcome="ok").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_leaves_the_task_to_be_delivered_again(prefork_worker, probe):
+    probe.set(f"{KEY}:sleep", 3)
+    # Its own queue: only the prefork worker runs it, so the pid killed is a pool child's.
+    result = warm_caches.apply_async(kwargs={"warmers": ["probe_warmer"]}, queue="maintenance_tests")
+    deadline = time.monotonic() + WAIT
+    while probe.llen(f"{KEY}:started") < 1:
+        assert time.monotonic() < deadline, "the warmer never started"
+        time.sleep(0.05)
+    os.kill(int(probe.get(f"{KEY}:pid")), signal.SIGKILL)  # the pool child running it
+    probe.set(f"{KEY}:sleep", 0)
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and summary["warmers"][0]["error"] is None, summary
+    assert probe.llen(f"{KEY}:started") == 2  # delivered again after the kill
+    assert probe.llen(f"{KEY}:finished") == 1  # and finished once
+    runs = MaintenanceRun.objects.filter(job="warm_caches", task_id=result.id)
+    assert sorted(runs.values_list("outcome", flat=True)) == ["ok", "running"]
+
+
+@pytest.mark.slow
+def test_all_tenants_fan_out_under_a_cap_and_one_broken_tenant_stops_no_other(
+    prefork_worker, probe
+):
+    from example_project.customers.models import Client
+
+    keys = _row_tenants(60, "capped")
+    try:
+        probe.set(f"{KEY}:sleep", 0.1)
+        probe.set(f"{KEY}:broken", keys[7])
+        fanned = warm_caches.delay(all_tenants=True, warmers=["probe_warmer"]).get(timeout=WAIT)
+        assert fanned["fanned_out"] >= 60
+        deadline = time.monotonic() + 120
+        runs = MaintenanceRun.objects.filter(job="warm_caches", tenant__in=keys)
+        while runs.exclude(outcome="running").count() < len(keys):
+            assert time.monotonic() < deadline, runs.exclude(outcome="running").count()
+            time.sleep(0.2)
+        spans = sorted(runs.values_list("started_at", "finished_at"))
+        events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
+        in_flight = peak = 0
+        for _, step in events:
+            in_flight += step
+            peak = max(peak, in_flight)
+        print(f"fan-out: {len(keys)} tenants, at most {peak} in flight (cap 4)")
+        assert peak <= 4
+        assert peak >= 2, "never more than one at a time: the cap was not exercised"
+        failed = list(runs.filter(outcome="failed").values_list("tenant", "error"))
+        assert failed == [(keys[7], f"RuntimeError: probe_warmer: RuntimeError: warmer broken for "
+                                    f"{keys[7]}")]
+        assert runs.filter(outcome="ok").count() == len(keys) - 1
+    finally:
+        Client.objects.filter(schema_name__in=keys).delete()
+
+
+@pytest.mark.slow
+def test_the_database_away_for_seconds_is_retried_until_it_is_back(
+    celery_worker, data_arch_services
+):
+    primary = data_arch_services.primary
+    if primary is None:
+        pytest.skip("needs a primary the harness started")
+    connections.close_all()
+    primary.stop("fast")
+    try:
+        result = maintain_partitions.delay()
+        time.sleep(3)
+    finally:
+        primary.start()
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and "skipped" not in summary, summary
+    assert MaintenanceRun.objects.filter(job="partitions", task_id=result.id, outcome="ok").exists()
