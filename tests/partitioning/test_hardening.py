@@ -365,3 +365,25 @@ def test_a_grid_cut_in_another_time_zone_is_reported_not_overlapped(events):
     assert "events_event_p2026_07" not in created and "events_event_p2026_08" not in created
     result = apply(the_plan)
     assert ok(result)
+
+
+def test_rows_outside_the_window_get_their_own_months_so_the_default_stays_empty(events):
+    """Every later ATTACH scans the whole default under lock: rows far ahead and rows of past
+    months still kept get partitions, so that scan stays trivial."""
+    from example_project.events.models import Event
+
+    apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    Event.objects.bulk_create(
+        [Event(occurred_at=at(2099, 1, 5), kind="login") for _ in range(30)]
+        + [Event(occurred_at=at(2026, 2, 5), kind="login") for _ in range(20)]  # kept (13 months)
+        + [Event(occurred_at=at(2024, 1, 5), kind="login") for _ in range(5)]  # past retention
+    )
+    result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    assert ok(result)
+    names = months_after_apply(events)
+    assert {"events_event_p2099_01", "events_event_p2026_02"} <= names
+    assert "events_event_p2024_01" not in names
+    report = status(now=NOW)[0]
+    assert report.default_rows == 5  # only the rows older than what is kept, and reported:
+    assert any("2024-01 sit in the default partition and are older" in p
+               for p in plan(models_=["events.Event"], ahead=1, now=NOW).tables[0].problems)
