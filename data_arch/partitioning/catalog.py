@@ -58,6 +58,20 @@ class TableState:
             key=lambda p: p.start or dt.datetime.min.replace(tzinfo=dt.UTC),
         )
 
+    def covers(self, start: dt.datetime, end: dt.datetime) -> bool:
+        """Whether one partition holds all of [start, end)."""
+        return any(
+            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
+            for p in self.ranged
+        )
+
+    def overlaps(self, start: dt.datetime, end: dt.datetime) -> bool:
+        """Whether some partition holds part of [start, end)."""
+        return any(
+            (p.start is None or p.start < end) and (p.end is None or p.end > start)
+            for p in self.ranged
+        )
+
     def gaps_and_overlaps(self) -> list[str]:
         problems = [
             f"{p.name} is {'a foreign table' if p.kind == 'f' else 'itself partitioned'}: "

@@ -438,17 +438,6 @@ def _table_plan(
     ranged = state.ranged
     cutoff = subtract_months(now, the_retain) if the_retain else None
 
-    def covered(start: dt.datetime, end: dt.datetime) -> bool:
-        return any(
-            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
-            for p in ranged
-        )
-
-    def overlapping(start: dt.datetime, end: dt.datetime) -> bool:
-        return any(
-            (p.start is None or p.start < end) and (p.end is None or p.end > start) for p in ranged
-        )
-
     current = month_start(now)
     months = {add_months(current, i) for i in range(the_ahead + 1)}
     in_default = (
@@ -472,10 +461,10 @@ def _table_plan(
     actions: list[Action] = []
     for start in sorted(months):
         end = add_months(start, 1)
-        if covered(start, end):
+        if state.covers(start, end):
             continue
         name = sql.partition_name(table, start)
-        if overlapping(start, end):
+        if state.overlaps(start, end):
             problems.append(
                 f"cannot create {name}: an existing partition overlaps "
                 f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"

@@ -308,10 +308,7 @@ def _create_once(
     using, schema, name = runner.using, table.schema, action.partition
     if any(p.start == action.start and p.end == action.end for p in state.ranged):
         return False  # done by an earlier or concurrent run
-    if any(
-        (p.start is None or p.start < action.end) and (p.end is None or p.end > action.start)
-        for p in state.ranged
-    ):
+    if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
     clash = _name_clash(using, schema, table.table, name)

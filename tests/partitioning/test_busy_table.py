@@ -2,7 +2,6 @@
 ``apply`` creates months and drains the default, with a long reader on the parent."""
 
 import datetime as dt
-import hashlib
 import os
 import signal
 import subprocess
