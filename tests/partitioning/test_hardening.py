@@ -387,3 +387,60 @@ def test_rows_outside_the_window_get_their_own_months_so_the_default_stays_empty
     assert report.default_rows == 5  # only the rows older than what is kept, and reported:
     assert any("2024-01 sit in the default partition and are older" in p
                for p in plan(models_=["events.Event"], ahead=1, now=NOW).tables[0].problems)
+
+
+def test_a_row_level_partitioned_model_has_tenant_leading_keys_and_rls_on_every_partition(
+    committed_db,
+):
+    from django.apps import apps
+    from django.db import models
+
+    from data_arch.partitioning import MonthlyPartitioning
+    from data_arch.tenancy import sql as tenancy_sql
+    from data_arch.tenancy.models import TenantModel
+
+    class Reading(TenantModel):
+        at = models.DateTimeField()
+
+        class Meta:
+            app_label = "billing"
+            db_table = "billing_reading"
+            constraints = [MonthlyPartitioning(field="at", name="billing_reading_partitioning")]
+
+    table = Reading._meta.db_table
+    try:
+        with schema_context("public"):
+            with connection.schema_editor() as editor:
+                editor.create_model(Reading)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT array_agg(a.attname ORDER BY array_position(x.indkey::int2[], "
+                    "a.attnum)) FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+                    "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary",
+                    [table],
+                )
+                assert cursor.fetchone()[0] == ["tenant_id", "id", "at"]
+                for statement, params in tenancy_sql.enable_rls(
+                    connection.ops.quote_name, table, "tenant_id", "bigint", "data_arch.tenant"
+                ):
+                    cursor.execute(statement, params)
+            result = apply(plan(models_=["billing.Reading"], ahead=1))
+            assert ok(result) and len(result.done) == 2
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity, "
+                    "(SELECT array_agg(polname) FROM pg_policy WHERE polrelid = c.oid) "
+                    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = %s::regclass AND NOT c.relname LIKE '%%default' "
+                    "ORDER BY 1",
+                    [table],
+                )
+                rows = cursor.fetchall()
+            assert len(rows) == 2
+            assert all(secured and policies == [tenancy_sql.POLICY_NAME]
+                       for _, secured, policies in rows)
+    finally:
+        with schema_context("public"), connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {sql.quote(table)} CASCADE")
+        del apps.all_models["billing"]["reading"]
+        apps.clear_cache()
