@@ -444,3 +444,15 @@ def test_a_row_level_partitioned_model_has_tenant_leading_keys_and_rls_on_every_
             cursor.execute(f"DROP TABLE IF EXISTS {sql.quote(table)} CASCADE")
         del apps.all_models["billing"]["reading"]
         apps.clear_cache()
+
+
+def test_a_sub_partitioned_child_is_reported_and_left_alone(events):
+    execute(
+        events,
+        f"CREATE TABLE events_event_sub PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2040-01-01+00') TO ('2041-01-01+00') PARTITION BY RANGE (occurred_at)",
+    )
+    report = status(now=NOW)[0]
+    assert any(p.startswith("events_event_sub is itself partitioned") for p in report.problems)
+    result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    assert ok(result) and len(result.done) == 2
