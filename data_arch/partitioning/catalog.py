@@ -58,12 +58,39 @@ class TableState:
             key=lambda p: p.start or dt.datetime.min.replace(tzinfo=dt.UTC),
         )
 
+    def covers(self, start: dt.datetime, end: dt.datetime) -> bool:
+        """Whether one partition holds all of [start, end)."""
+        return any(
+            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
+            for p in self.ranged
+        )
+
+    def overlaps(self, start: dt.datetime, end: dt.datetime) -> bool:
+        """Whether some partition holds part of [start, end)."""
+        return any(
+            (p.start is None or p.start < end) and (p.end is None or p.end > start)
+            for p in self.ranged
+        )
+
     def gaps_and_overlaps(self) -> list[str]:
         problems = [
             f"{p.name} is {'a foreign table' if p.kind == 'f' else 'itself partitioned'}: "
             "maintenance leaves it alone"
             for p in self.partitions
             if p.kind != "r"
+        ]
+        problems += [
+            f"{p.name} has bounds that are not UTC month starts "
+            f"({p.start:%Y-%m-%d %H:%M} .. {p.end:%Y-%m-%d %H:%M} UTC; made by another tool in "
+            "another time zone?): no partition overlapping it is created; detach it and attach "
+            "it under UTC month bounds, or keep it and let its months stay as they are"
+            for p in self.partitions
+            if not p.is_default
+            and p.start is not None
+            and p.end is not None
+            and p.end != FAR_FUTURE
+            and p.start != FAR_FUTURE
+            and any(b.day != 1 or b.hour or b.minute or b.second for b in (p.start, p.end))
         ]
         problems += [
             f"{p.name} is pending detach (an interrupted DETACH ... CONCURRENTLY): "
@@ -327,5 +354,61 @@ def dependent_objects(using: str, schema: str, name: str) -> list[str]:
             "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass "
             "AND v.oid <> d.refobjid ORDER BY 1",
             [sql.qualified(schema, name)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[str, str]]:
+    """(name, definition) of the parent's own foreign keys, as ``pg_get_constraintdef`` prints
+    them for the current search_path."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype = 'f' AND conparentid = 0 ORDER BY conname",
+            [sql.qualified(schema, table)],
+        )
+        return [(name, definition) for name, definition in cursor.fetchall()]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSecurity:
+    """A table's row-level security: the flags and its policies, as PostgreSQL prints them."""
+
+    enabled: bool
+    forced: bool
+    #: (name, "PERMISSIVE" | "RESTRICTIVE", command, roles, USING text, WITH CHECK text)
+    policies: tuple[tuple[str, str, str, tuple[str, ...], str | None, str | None], ...]
+
+
+def row_security(using: str, schema: str, table: str) -> RowSecurity:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
+            [sql.qualified(schema, table)],
+        )
+        enabled, forced = cursor.fetchone()
+        cursor.execute(
+            "SELECT policyname, permissive, cmd, roles, qual, with_check FROM pg_policies "
+            "WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
+            [schema, table],
+        )
+        policies = tuple(
+            (name, permissive, cmd, tuple(roles), qual, check)
+            for name, permissive, cmd, roles, qual, check in cursor.fetchall()
+        )
+    return RowSecurity(enabled, forced, policies)
+
+
+def partitions_without_row_security(using: str, schema: str, table: str) -> list[str]:
+    """Partitions that lack the row-level security their parent has (read directly, they would
+    show every tenant's rows)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhparent = %s::regclass "
+            "AND p.relrowsecurity AND (NOT c.relrowsecurity OR (p.relforcerowsecurity AND NOT "
+            "c.relforcerowsecurity) OR (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) "
+            "< (SELECT count(*) FROM pg_policy WHERE polrelid = p.oid)) ORDER BY 1",
+            [sql.qualified(schema, table)],
         )
         return [row[0] for row in cursor.fetchall()]

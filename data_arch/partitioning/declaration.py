@@ -48,12 +48,12 @@ class MonthlyPartitioning(BaseConstraint):
     ) -> None:
         if not isinstance(field, str) or not field:
             raise ValueError(f"MonthlyPartitioning(field=...) must name a field, got {field!r}")
-        for label, value in (("ahead", ahead), ("retain", retain)):
+        for label, value, low in (("ahead", ahead, 0), ("retain", retain, 1)):
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, int) or value < low
             ):
                 raise ValueError(
-                    f"MonthlyPartitioning({label}=...) must be an int >= 1, got {value!r}"
+                    f"MonthlyPartitioning({label}=...) must be an int >= {low}, got {value!r}"
                 )
         if mode is not None and mode not in MODES:
             raise ValueError(f"MonthlyPartitioning(mode=...) must be one of {MODES}, got {mode!r}")
@@ -64,11 +64,18 @@ class MonthlyPartitioning(BaseConstraint):
         self.default = default
         super().__init__(name=name or f"partitioned_by_{field}")
 
-    # The primary key PostgreSQL demands on a partitioned table: it must contain the key.
+    # The primary key PostgreSQL demands on a partitioned table: it must contain the key. A
+    # row-level tenant model's also leads with the tenant column, as every key of a row-level
+    # table does (TenantKeys cannot rewrite it later: a partitioned table's key keeps the
+    # partition key).
     def _columns(self, model: type[models.Model]) -> list[str]:
         pk = model._meta.pk.column
         key = model._meta.get_field(self.field).column
-        return [pk] if pk == key else [pk, key]
+        columns = [pk] if pk == key else [pk, key]
+        tenant = _tenant_column(model)
+        if tenant is not None and tenant not in columns:
+            columns.insert(0, tenant)
+        return columns
 
     def constraint_sql(self, model, schema_editor):  # type: ignore[no-untyped-def]
         columns = ", ".join(schema_editor.quote_name(c) for c in self._columns(model))
@@ -106,6 +113,27 @@ class MonthlyPartitioning(BaseConstraint):
 
     def __hash__(self) -> int:
         return hash((type(self), self.name, self.field))
+
+
+def _tenant_column(model: type[models.Model]) -> str | None:
+    """The tenant column of a row-level tenant model (historical models from migrations
+    included), else None."""
+    from django.core.exceptions import FieldDoesNotExist
+
+    from data_arch.tenancy.registry import TENANT_FIELD, tenant_model_label
+
+    label = tenant_model_label()
+    if not label:
+        return None
+    try:
+        field = model._meta.get_field(TENANT_FIELD)
+    except FieldDoesNotExist:
+        return None
+    remote = getattr(field, "remote_field", None)
+    if remote is None:
+        return None
+    target = remote.model if isinstance(remote.model, str) else remote.model._meta.label
+    return field.column if target.lower() == label.lower() else None
 
 
 def partitioning_of(model: type[models.Model]) -> MonthlyPartitioning | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.db import router
@@ -47,8 +48,20 @@ class AddIndexConcurrently(AddIndex):
                 [schema_editor.quote_name(table)],
             )
             partitions = cursor.fetchall()
+            parent_index = schema_editor.quote_name(self.index.name)
+            # Unique per (partition, index): the index name's tail for reading, a hash of the
+            # whole name so two indexes ending alike never share a child.
+            digest = hashlib.sha1(self.index.name.encode()).hexdigest()[:8]
+            suffix = f"_{self.index.name[-12:]}_{digest}"
             for name, schema in partitions:
-                child = sql.fit_name(name, "_" + self.index.name[-20:])
+                cursor.execute(
+                    "SELECT 1 FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid "
+                    "WHERE i.inhparent = %s::regclass AND x.indrelid = %s::regclass",
+                    [parent_index, sql.qualified(schema, name)],
+                )
+                if cursor.fetchone():
+                    continue  # this partition's index is already attached (a rerun)
+                child = sql.fit_name(name, suffix)
                 cursor.execute(
                     "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "JOIN pg_index x ON x.indexrelid = c.oid WHERE n.nspname = %s AND c.relname = %s "

@@ -356,6 +356,8 @@ def create_steps(
     drain: bool,
     staged: bool,
     captured: bool = False,
+    foreign_keys: list[tuple[str, str]] | None = None,
+    row_security: catalog.RowSecurity | None = None,
 ) -> list[Step]:
     """The steps that create one month's partition (see the README's lock table).
 
@@ -366,7 +368,10 @@ def create_steps(
     short transaction under ACCESS EXCLUSIVE on the parent (so no reader plans the query
     with the old set of partitions and misses the rows).
     """
-    stage = [] if staged else list(sql.create_standalone(schema, table, name, column, start, end))
+    stage = [] if staged else [
+        *sql.create_standalone(schema, table, name, column, start, end),
+        *sql.copy_row_security(schema, name, row_security),
+    ]
     finish = [sql.attach(schema, table, name, start, end), sql.drop_bounds_check(schema, name)]
     if not drain:
         mode = "SHARE ROW EXCLUSIVE" if default else "SHARE UPDATE EXCLUSIVE"
@@ -378,6 +383,14 @@ def create_steps(
         ]
     assert default is not None
     capture = [] if captured else sql.create_capture(schema, default, name, key, column, start, end)
+    if stage and foreign_keys:
+        # The parent's foreign keys made on the empty table now (the copy then checks each row
+        # outside any lock) let ATTACH adopt them instead of validating every row under lock.
+        stage = [
+            *(f"LOCK TABLE {ref} IN SHARE ROW EXCLUSIVE MODE" for ref in referenced),
+            *stage,
+            *(sql.add_constraint(schema, name, fk, definition) for fk, definition in foreign_keys),
+        ]
     steps = []
     if stage or capture:
         steps.append(Step("stage", (*stage, *capture)))
@@ -425,17 +438,6 @@ def _table_plan(
     ranged = state.ranged
     cutoff = subtract_months(now, the_retain) if the_retain else None
 
-    def covered(start: dt.datetime, end: dt.datetime) -> bool:
-        return any(
-            (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
-            for p in ranged
-        )
-
-    def overlapping(start: dt.datetime, end: dt.datetime) -> bool:
-        return any(
-            (p.start is None or p.start < end) and (p.end is None or p.end > start) for p in ranged
-        )
-
     current = month_start(now)
     months = {add_months(current, i) for i in range(the_ahead + 1)}
     in_default = (
@@ -449,14 +451,20 @@ def _table_plan(
         if cutoff is None or add_months(month, 1) > cutoff:
             months.add(month)
     referenced = tuple(catalog.referenced_tables(using, schema, table))
+    security = catalog.row_security(using, schema, table)
+    for partition in catalog.partitions_without_row_security(using, schema, table):
+        problems.append(
+            f"{partition} lacks the row-level security of {table}: read directly it shows every "
+            "row; enable it and copy the policies (new partitions get them)"
+        )
     default = state.default.name if state.default else None
     actions: list[Action] = []
     for start in sorted(months):
         end = add_months(start, 1)
-        if covered(start, end):
+        if state.covers(start, end):
             continue
         name = sql.partition_name(table, start)
-        if overlapping(start, end):
+        if state.overlaps(start, end):
             problems.append(
                 f"cannot create {name}: an existing partition overlaps "
                 f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"
@@ -472,6 +480,8 @@ def _table_plan(
             catalog.primary_key_columns(using, schema, table) if drain else [],
             catalog.columns(using, schema, table) if drain else [],
             settings.drain_batch_size, drain=drain, staged=False,
+            foreign_keys=catalog.foreign_key_definitions(using, schema, table) if drain else None,
+            row_security=security,
         )
         actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
     if cutoff is not None:

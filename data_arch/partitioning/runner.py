@@ -126,7 +126,7 @@ class Runner:
 
         A lock request queues everyone who comes after it; waiting here instead keeps writers
         and readers flowing while a long reader finishes. Bounded per step by
-        ``LOCK_TIMEOUT_MS * LOCK_RETRIES`` (at least 1 s) in all, shared by its attempts
+        ``LOCK_TIMEOUT_MS * LOCK_RETRIES``, kept between 1 and 10 s, shared by its attempts
         through ``budget``; past that the step's own lock_timeout bounds everyone's wait.
         Other roles' transaction starts are visible only to superusers and pg_read_all_stats:
         without that right this wait passes at once and lock_timeout alone bounds the waits.
@@ -146,7 +146,7 @@ class Runner:
             budget[0] = max(0.0, budget[0] - (time.monotonic() - started))
 
     def quiet_budget(self) -> float:
-        return max(1.0, self.settings.lock_timeout_ms * self.settings.lock_retries / 1000)
+        return min(10.0, max(1.0, self.settings.lock_timeout_ms * self.settings.lock_retries / 1000))
 
     def transaction(
         self,
@@ -176,12 +176,17 @@ class Runner:
                         )
                     cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
                     count = 0
+                    started = time.perf_counter()
                     for statement in statements:
                         if callable(statement):
                             statement(cursor)
                         else:
                             cursor.execute(statement)
                             count = cursor.rowcount
+                    logger.debug(
+                        "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
+                        len(statements), (time.perf_counter() - started) * 1000,
+                    )
                 return count
             except MaintenanceBusy:
                 if attempt == attempts:
@@ -303,10 +308,7 @@ def _create_once(
     using, schema, name = runner.using, table.schema, action.partition
     if any(p.start == action.start and p.end == action.end for p in state.ranged):
         return False  # done by an earlier or concurrent run
-    if any(
-        (p.start is None or p.start < action.end) and (p.end is None or p.end > action.start)
-        for p in state.ranged
-    ):
+    if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
     clash = _name_clash(using, schema, table.table, name)
@@ -334,6 +336,7 @@ def _create_once(
         steps = create_steps(
             schema, table.table, name, table.column, action.start, action.end, default,
             referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
+            row_security=catalog.row_security(using, schema, table.table),
         )
         statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
         if default:
@@ -354,6 +357,8 @@ def _create_once(
         catalog.primary_key_columns(using, schema, table.table),
         catalog.columns(using, schema, table.table),
         runner.settings.drain_batch_size, drain=True, staged=staged, captured=captured,
+        foreign_keys=catalog.foreign_key_definitions(using, schema, table.table),
+        row_security=catalog.row_security(using, schema, table.table),
     )
     for step in steps:
         guard = _guard(schema, name, staged)

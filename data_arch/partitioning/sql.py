@@ -214,14 +214,24 @@ def swap(
     changes = qualified(schema, changes_name(name))
     keys = ", ".join(quote(c) for c in key)
     return [
+        # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: checks queued until commit
+        # would make the ATTACH below fail ("pending trigger events").
+        "SET CONSTRAINTS ALL IMMEDIATE",
         f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
         (
             f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
             f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
             f"(SELECT {keys} FROM {changes})"
         ),
-        f"DELETE FROM {source} d WHERE {_in_range('d', column, start, end)}",
+        # The trigger goes before the delete, or it would record every row deleted.
         f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+        # Emptying the month: when the default holds nothing else, TRUNCATE (no per-row work
+        # under the lock); otherwise a DELETE of the month's rows.
+        (
+            f"DO $swap$ BEGIN IF EXISTS (SELECT 1 FROM {source} d WHERE NOT "
+            f"({_in_range('d', column, start, end)})) THEN DELETE FROM {source} d WHERE "
+            f"{_in_range('d', column, start, end)}; ELSE TRUNCATE {source}; END IF; END $swap$"
+        ),
         f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
         f"DROP TABLE {changes}",
     ]
@@ -243,6 +253,35 @@ def move_all(
         f"{_in_range('d', column, start, end)} RETURNING {cols}) "
         f"INSERT INTO {qualified(schema, target)} ({cols}) SELECT {cols} FROM moved"
     )
+
+
+def copy_row_security(schema: str, name: str, security: object) -> list[str]:
+    """The parent's row-level security on a new partition: the flags and every policy.
+
+    LIKE copies neither, and a partition read directly (``SELECT ... FROM table_p2026_01``)
+    applies only its own policies. The expressions are PostgreSQL's own ``pg_policies`` text.
+    """
+    enabled = getattr(security, "enabled", False)
+    if not enabled:
+        return []
+    target = qualified(schema, name)
+    statements = [f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY"]
+    if getattr(security, "forced", False):
+        statements.append(f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY")
+    for policy, permissive, command, roles, using, check in getattr(security, "policies", ()):
+        to = ", ".join("PUBLIC" if r == "public" else quote(r) for r in roles) or "PUBLIC"
+        statement = f"CREATE POLICY {quote(policy)} ON {target} AS {permissive} FOR {command} TO {to}"
+        if using is not None:
+            statement += f" USING ({using})"
+        if check is not None:
+            statement += f" WITH CHECK ({check})"
+        statements.append(statement)
+    return statements
+
+
+def add_constraint(schema: str, table: str, name: str, definition: str) -> str:
+    """``definition`` comes from ``pg_get_constraintdef``: PostgreSQL's own text, not user input."""
+    return f"ALTER TABLE {qualified(schema, table)} ADD CONSTRAINT {quote(name)} {definition}"
 
 
 def drop_foreign_key(schema: str, name: str, constraint: str) -> str:

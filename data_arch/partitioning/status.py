@@ -72,23 +72,22 @@ def status(
         if state is None:
             continue
         current = month_start(now)
-        ranged = state.ranged
-
-        def covered(start: dt.datetime, ranged: list[catalog.Partition] = ranged) -> bool:
-            end = add_months(start, 1)
-            return any(
-                (p.start is None or p.start <= start) and (p.end is None or p.end >= end)
-                for p in ranged
-            )
-
         months_ahead = -1
         # Bounded: a MAXVALUE partition covers every month.
-        while months_ahead < MAX_MONTHS and covered(add_months(current, months_ahead + 1)):
+        while months_ahead < MAX_MONTHS:
+            start = add_months(current, months_ahead + 1)
+            if not state.covers(start, add_months(start, 1)):
+                break
             months_ahead += 1
         staging = {
             s.name: s.rows for s in catalog.staging_tables(using, schema, state.table)
         }
         problems = list(state.gaps_and_overlaps())
+        problems += [
+            f"{name} lacks the row-level security of {state.table}: read directly it shows "
+            "every row"
+            for name in catalog.partitions_without_row_security(using, schema, state.table)
+        ]
         problems += [
             f"staging table {name} ({rows} row(s)) is not attached: an interrupted drain; "
             "rerun apply to finish it"

@@ -2,7 +2,6 @@
 ``apply`` creates months and drains the default, with a long reader on the parent."""
 
 import datetime as dt
-import hashlib
 import os
 import signal
 import subprocess
@@ -282,3 +281,86 @@ def test_kill_9_in_the_middle_of_a_drain_then_rerun_keeps_every_row(events):
     assert min(counter.counts) == 60_000, sorted(set(counter.counts))[:5]
     assert _month_count_and_checksum(events, FAR, FAR_END) == before
     assert status()[0].staging == {}
+
+
+@pytest.mark.slow
+def test_rows_of_the_month_written_during_the_drain_end_up_exactly_as_written(events):
+    """Inserts, updates and deletes of the month's rows while they are copied: each change is
+    mirrored into a plain table in the same transaction, and the month must equal the mirror."""
+    import random
+
+    from django.db import transaction
+
+    apply(plan(models_=["events.Event"], ahead=1))
+    _fill_month(events, FAR, 20_000)
+    parent, mirror = sql.qualified(events, TABLE), sql.qualified(events, "drain_mirror")
+    execute = lambda statement, params=None: _run(events, statement, params)  # noqa: E731
+    execute(f"CREATE TABLE {mirror} (id bigint PRIMARY KEY, payload jsonb)")
+    try:
+        execute(f"INSERT INTO {mirror} SELECT id, payload FROM {parent} WHERE occurred_at >= %s",
+                [FAR])
+        ids = [row[0] for row in _fetch(events, f"SELECT id FROM {mirror}")]
+        streams = Streams(events)
+
+        def in_one_transaction(statements) -> None:  # noqa: ANN001
+            with transaction.atomic(), connection.cursor() as cursor:
+                for statement, params in statements:
+                    cursor.execute(statement, params)
+
+        def insert() -> None:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {parent} (occurred_at, kind, payload) VALUES (%s, 'x', "
+                    "'{\"new\": 1}') RETURNING id, payload", [FAR + dt.timedelta(days=3)]
+                )
+                new_id, payload = cursor.fetchone()
+                cursor.execute(f"INSERT INTO {mirror} VALUES (%s, %s)", [new_id, payload])
+
+        def update() -> None:
+            target = random.choice(ids)
+            payload = f'{{"changed": {random.randint(0, 10**6)}}}'
+            in_one_transaction([
+                (f"UPDATE {parent} SET payload = %s WHERE id = %s", [payload, target]),
+                (f"UPDATE {mirror} SET payload = %s WHERE id = %s", [payload, target]),
+            ])
+
+        def delete() -> None:
+            target = random.choice(ids)
+            in_one_transaction([
+                (f"DELETE FROM {parent} WHERE id = %s", [target]),
+                (f"DELETE FROM {mirror} WHERE id = %s", [target]),
+            ])
+
+        streams.add("insert", insert)
+        streams.add("update", update)
+        streams.add("delete", delete)
+        with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 500}}):
+            with streams:
+                time.sleep(0.1)
+                result = apply(plan(models_=["events.Event"], ahead=3))
+                time.sleep(0.1)
+        assert getattr(result, "failures", []) == []
+        assert streams.errors == []
+        assert all(len(v) > 5 for v in streams.latencies.values())
+        month = (
+            f"SELECT md5(string_agg(id::text || ':' || payload::text, ',' ORDER BY id)), count(*) "
+            f"FROM {{}} WHERE id IN (SELECT id FROM {parent} WHERE occurred_at >= %s) "
+        )
+        assert _fetch(events, month.format(parent), [FAR]) == _fetch(
+            events,
+            f"SELECT md5(string_agg(id::text || ':' || payload::text, ',' ORDER BY id)), count(*) "
+            f"FROM {mirror}",
+        )
+    finally:
+        execute(f"DROP TABLE IF EXISTS {mirror}")
+
+
+def _run(schema: str, statement: str, params=None) -> None:  # noqa: ANN001
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def _fetch(schema: str, statement: str, params=None) -> list:  # noqa: ANN001
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall()

@@ -301,3 +301,158 @@ def test_shared_partitions_are_not_archived_into_a_tenants_schema(audit):  # noq
             assert cursor.fetchone()[0]
     finally:
         Client.objects.filter(schema_name="archive").delete()
+
+
+# ----------------------------------------------------------------- row-level security on partitions
+
+
+def test_new_partitions_carry_the_parents_row_level_security(events):
+    import psycopg
+
+    from example_project.events.models import Event
+
+    role = "partition_reader"
+    execute(events, f"ALTER TABLE {sql.quote(TABLE)} ENABLE ROW LEVEL SECURITY")
+    execute(events, f"ALTER TABLE {sql.quote(TABLE)} FORCE ROW LEVEL SECURITY")
+    execute(events, f"CREATE POLICY only_logins ON {sql.quote(TABLE)} USING (kind = 'login')")
+    execute(events, f"DROP ROLE IF EXISTS {role}")
+    execute(events, f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
+    try:
+        result = apply(plan(models_=["events.Event"], ahead=1))
+        assert ok(result) and len(result.done) == 2
+        now = dt.datetime.now(dt.UTC)
+        current = sql.partition_name(TABLE, dt.datetime(now.year, now.month, 1))
+        with connection.cursor() as cursor:
+            cursor.execute("SET row_security = off")  # the owner sees both rows to insert them
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} NO FORCE ROW LEVEL SECURITY")
+        Event.objects.create(occurred_at=now, kind="login")
+        Event.objects.create(occurred_at=now, kind="page_view")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} FORCE ROW LEVEL SECURITY")
+        execute(events, f"GRANT USAGE ON SCHEMA {sql.quote(events)} TO {role}")
+        execute(events, f"GRANT SELECT ON {sql.qualified(events, current)} TO {role}")
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"], dbname=settings["NAME"], user=role
+        ) as reader:
+            kinds = reader.execute(
+                f"SELECT kind FROM {sql.qualified(events, current)}"
+            ).fetchall()
+        assert kinds == [("login",)]  # read directly, the partition applies the policy
+        problems = status()[0].problems
+        assert any(p.startswith(f"{TABLE}_default lacks the row-level security") for p in problems)
+    finally:
+        execute(events, f"DROP POLICY IF EXISTS only_logins ON {sql.quote(TABLE)}")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} NO FORCE ROW LEVEL SECURITY")
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} DISABLE ROW LEVEL SECURITY")
+        execute(events, f"DROP OWNED BY {role}")
+        execute(events, f"DROP ROLE IF EXISTS {role}")
+        with connection.cursor() as cursor:
+            cursor.execute("RESET row_security")
+
+
+def test_a_grid_cut_in_another_time_zone_is_reported_not_overlapped(events):
+    # pg_partman under America/New_York cuts months at 05:00 / 04:00 UTC.
+    execute(
+        events,
+        f"CREATE TABLE events_event_ny PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2026-07-01 04:00+00') TO ('2026-08-01 04:00+00')",
+    )
+    the_plan = plan(models_=["events.Event"], ahead=3, now=NOW)
+    problems = the_plan.tables[0].problems
+    assert any("events_event_ny has bounds that are not UTC month starts" in p for p in problems)
+    created = [a.partition for a in the_plan.tables[0].actions]
+    assert "events_event_p2026_06" in created and "events_event_p2026_09" in created
+    assert "events_event_p2026_07" not in created and "events_event_p2026_08" not in created
+    result = apply(the_plan)
+    assert ok(result)
+
+
+def test_rows_outside_the_window_get_their_own_months_so_the_default_stays_empty(events):
+    """Every later ATTACH scans the whole default under lock: rows far ahead and rows of past
+    months still kept get partitions, so that scan stays trivial."""
+    from example_project.events.models import Event
+
+    apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    Event.objects.bulk_create(
+        [Event(occurred_at=at(2099, 1, 5), kind="login") for _ in range(30)]
+        + [Event(occurred_at=at(2026, 2, 5), kind="login") for _ in range(20)]  # kept (13 months)
+        + [Event(occurred_at=at(2024, 1, 5), kind="login") for _ in range(5)]  # past retention
+    )
+    result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    assert ok(result)
+    names = months_after_apply(events)
+    assert {"events_event_p2099_01", "events_event_p2026_02"} <= names
+    assert "events_event_p2024_01" not in names
+    report = status(now=NOW)[0]
+    assert report.default_rows == 5  # only the rows older than what is kept, and reported:
+    assert any("2024-01 sit in the default partition and are older" in p
+               for p in plan(models_=["events.Event"], ahead=1, now=NOW).tables[0].problems)
+
+
+def test_a_row_level_partitioned_model_has_tenant_leading_keys_and_rls_on_every_partition(
+    committed_db,
+):
+    from django.apps import apps
+    from django.db import models
+
+    from data_arch.partitioning import MonthlyPartitioning
+    from data_arch.tenancy import sql as tenancy_sql
+    from data_arch.tenancy.models import TenantModel
+
+    class Reading(TenantModel):
+        at = models.DateTimeField()
+
+        class Meta:
+            app_label = "billing"
+            db_table = "billing_reading"
+            constraints = [MonthlyPartitioning(field="at", name="billing_reading_partitioning")]
+
+    table = Reading._meta.db_table
+    try:
+        with schema_context("public"):
+            with connection.schema_editor() as editor:
+                editor.create_model(Reading)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT array_agg(a.attname ORDER BY array_position(x.indkey::int2[], "
+                    "a.attnum)) FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+                    "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary",
+                    [table],
+                )
+                assert cursor.fetchone()[0] == ["tenant_id", "id", "at"]
+                for statement, params in tenancy_sql.enable_rls(
+                    connection.ops.quote_name, table, "tenant_id", "bigint", "data_arch.tenant"
+                ):
+                    cursor.execute(statement, params)
+            result = apply(plan(models_=["billing.Reading"], ahead=1))
+            assert ok(result) and len(result.done) == 2
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity, "
+                    "(SELECT array_agg(polname) FROM pg_policy WHERE polrelid = c.oid) "
+                    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = %s::regclass AND NOT c.relname LIKE '%%default' "
+                    "ORDER BY 1",
+                    [table],
+                )
+                rows = cursor.fetchall()
+            assert len(rows) == 2
+            assert all(secured and policies == [tenancy_sql.POLICY_NAME]
+                       for _, secured, policies in rows)
+    finally:
+        with schema_context("public"), connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {sql.quote(table)} CASCADE")
+        del apps.all_models["billing"]["reading"]
+        apps.clear_cache()
+
+
+def test_a_sub_partitioned_child_is_reported_and_left_alone(events):
+    execute(
+        events,
+        f"CREATE TABLE events_event_sub PARTITION OF {sql.quote(TABLE)} "
+        "FOR VALUES FROM ('2040-01-01+00') TO ('2041-01-01+00') PARTITION BY RANGE (occurred_at)",
+    )
+    report = status(now=NOW)[0]
+    assert any(p.startswith("events_event_sub is itself partitioned") for p in report.problems)
+    result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    assert ok(result) and len(result.done) == 2

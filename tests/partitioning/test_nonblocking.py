@@ -159,3 +159,28 @@ def test_declaration_checks_pass_for_the_example_and_names_fit(events):
     long_name = sql.partition_name("x" * 80, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert len(long_name.encode()) <= 63 and long_name.endswith("_p2026_01")
     assert long_name == sql.partition_name("x" * 80, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+
+def test_add_index_concurrently_gives_two_indexes_ending_alike_their_own_children(events):
+    apply(plan(models_=["events.Event"], ahead=1))
+    tail = "_by_time_for_reports_x"
+    indexes = [
+        models.Index(fields=["kind"], name=f"ev_a{tail}"),
+        models.Index(fields=["occurred_at"], name=f"ev_b{tail}"),
+    ]
+    state = ProjectState.from_apps(apps)
+    try:
+        with connection.schema_editor(atomic=False) as editor:
+            for index in indexes:
+                AddIndexConcurrently("event", index).database_forwards("events", editor, state, state)
+        with connection.cursor() as cursor:
+            for index in indexes:
+                cursor.execute(
+                    "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+                    [sql.qualified(events, index.name)],
+                )
+                assert cursor.fetchone()[0] is True, index.name
+    finally:
+        with connection.cursor() as cursor:
+            for index in indexes:
+                cursor.execute(f"DROP INDEX IF EXISTS {sql.qualified(events, index.name)}")

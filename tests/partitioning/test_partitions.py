@@ -3,7 +3,7 @@ import threading
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, connections
+from django.db import connection, connections
 from django.test import override_settings
 from django_tenants.utils import schema_context
 
