@@ -20,6 +20,7 @@ logger = logging.getLogger("data_arch.maintenance")
 __all__ = [
     "JOBS",
     "MaintenanceInputError",
+    "apply_recorded",
     "TenantOutcome",
     "for_each_tenant",
     "maintain_partitions",
@@ -108,6 +109,54 @@ def for_each_tenant(
 # --------------------------------------------------------------------------- jobs
 
 
+def apply_recorded(
+    the_plan: Any, key: str = "", task_id: str = "", on_progress: Any = None,
+    raise_on_failure: bool = True,
+) -> Any:
+    """``partitioning.apply(the_plan)`` with a run record and the partition signals: what
+    every entry point (task, command, admin) calls. Actions the plan could not include
+    (``TablePlan.blocked``) count as failures."""
+    from data_arch.partitioning import apply
+    from data_arch.signals import partitions_created, partitions_drained, partitions_retained
+
+    with record_run("partitions", key, task_id) as run:
+        result = apply(the_plan, on_progress=on_progress)
+        done = set(result.done)
+        created, drained, retained, mode = [], [], [], ""
+        for table in the_plan.tables:
+            for action in table.actions:
+                if f"{table.schema}.{table.table}: {action.kind} {action.partition}" not in done:
+                    continue
+                if action.kind == "create":
+                    created.append(action.partition)
+                    if action.default_rows:
+                        drained.append(action.partition)
+                else:
+                    retained.append(action.partition)
+                    mode = action.kind
+        failures = [str(f) for f in result.failures] + [
+            f"{t.schema}.{t.table}: {blocked}" for t in the_plan.tables for blocked in t.blocked
+        ]
+        run.counts = {
+            "done": len(result.done), "unchanged": len(result.skipped),
+            "created": len(created), "drained": len(drained), "retained": len(retained),
+            "rows_moved": result.rows_moved, "failures": len(failures),
+        }
+        if failures:
+            run.outcome, run.error = "failed", "; ".join(failures)[:10_000]
+            if raise_on_failure:
+                raise RuntimeError(run.error)
+    tables = [f"{t.schema}.{t.table}" for t in the_plan.tables]
+    if created:
+        partitions_created.send(sender="data_arch", tenant=key, tables=tables, partitions=created)
+    if drained:
+        partitions_drained.send(sender="data_arch", tenant=key, partitions=drained)
+    if retained:
+        partitions_retained.send(sender="data_arch", tenant=key, partitions=retained, mode=mode)
+    result.counts = run.counts  # type: ignore[attr-defined]
+    return result
+
+
 def maintain_partitions(
     tenant: Any = None, models: list[str] | None = None, using: str = "default",
     task_id: str = "",
@@ -115,8 +164,7 @@ def maintain_partitions(
     """Create partitions ahead, drain default partitions and apply retention, as configured,
     in ``tenant``'s schema (or the current one). Raises MaintenanceInputError for an unknown
     model before anything changes."""
-    from data_arch.partitioning import PartitionError, apply, plan
-    from data_arch.signals import partitions_created, partitions_drained, partitions_retained
+    from data_arch.partitioning import PartitionError, plan
 
     key = tenant_key(tenant)
     with _in_tenant(tenant):
@@ -124,33 +172,8 @@ def maintain_partitions(
             the_plan = plan(models_=models, using=using)
         except PartitionError as exc:
             raise MaintenanceInputError(str(exc)) from None
-    with record_run("partitions", key, task_id) as run, _in_tenant(tenant):
-        result = apply(the_plan)
-        done = set(result.done)
-        by_kind: dict[str, list[str]] = {}
-        for table in the_plan.tables:
-            for action in table.actions:
-                if f"{table.schema}.{table.table}: {action.kind} {action.partition}" in done:
-                    by_kind.setdefault(action.kind, []).append(action.partition)
-        failures = [str(f) for f in getattr(result, "failures", [])]
-        run.counts = {
-            "done": len(result.done), "unchanged": len(result.skipped),
-            **{kind: len(names) for kind, names in by_kind.items()},
-            "failures": len(failures),
-        }
-        if failures:
-            raise RuntimeError("; ".join(failures))
-    tables = [f"{t.schema}.{t.table}" for t in the_plan.tables]
-    if by_kind.get("create"):
-        partitions_created.send(sender="data_arch", tenant=key, tables=tables,
-                                partitions=by_kind["create"])
-    if by_kind.get("drain"):
-        partitions_drained.send(sender="data_arch", tenant=key, partitions=by_kind["drain"])
-    retained = [p for kind in ("drop", "detach", "archive") for p in by_kind.get(kind, [])]
-    if retained:
-        partitions_retained.send(sender="data_arch", tenant=key, partitions=retained,
-                                 mode=next(k for k in ("drop", "detach", "archive") if k in by_kind))
-    return {"tenant": key, "counts": run.counts, "actions": sorted(result.done)}
+        result = apply_recorded(the_plan, key, task_id)
+    return {"tenant": key, "counts": result.counts, "actions": sorted(result.done)}
 
 
 def warm_caches(

@@ -73,7 +73,7 @@ def test_partition_maintenance_runs_and_is_recorded(celery_worker):
     assert result["ok"], result
     run = MaintenanceRun.objects.filter(job="partitions", tenant="").latest("started_at")
     assert run.outcome == "ok" and run.finished_at is not None
-    assert run.counts["failures"] == 0
+    assert run.counts["failures"] == 0 and "created" in run.counts
 
 
 def test_a_second_run_while_one_holds_the_lease_is_skipped_at_once(celery_worker):
@@ -173,3 +173,12 @@ def test_the_database_away_for_seconds_is_retried_until_it_is_back(
     summary = result.get(timeout=WAIT)
     assert summary["ok"] and "skipped" not in summary, summary
     assert MaintenanceRun.objects.filter(job="partitions", task_id=result.id, outcome="ok").exists()
+
+
+def test_the_partitions_command_records_its_runs_too():
+    from django.core.management import call_command
+
+    call_command("partitions", "apply", "--yes", verbosity=0)
+    run = MaintenanceRun.objects.filter(job="partitions").latest("started_at")
+    assert run.outcome == "ok" and run.runner and not run.task_id
+    assert {"created", "drained", "retained", "failures"} <= set(run.counts)

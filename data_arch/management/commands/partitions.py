@@ -10,11 +10,11 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from data_arch.management.base import TenantCommand
+from data_arch.maintenance.jobs import apply_recorded, tenant_key
 from data_arch.partitioning import (
     MaintenanceError,
     PartitionError,
     Plan,
-    apply,
     plan,
     status,
 )
@@ -116,7 +116,8 @@ class Command(TenantCommand):
                 for t in p.tables
                 for blocked in t.blocked
             )
-        if action == "plan" or options["dry_run"] or not pending:
+        # An apply with nothing to do still runs (a no-op) so it is recorded as a success.
+        if action == "plan" or options["dry_run"]:
             self._finish(failures)
             if action == "plan" and pending:
                 raise CommandError("changes pending (run `partitions apply`)", returncode=2)
@@ -143,13 +144,16 @@ class Command(TenantCommand):
         # The plans printed above are the ones that run (each step re-checked as it goes).
         order = list(plans)  # tenants whose plan was read
         targets = [selected[i] for i in order]
+        # Recorded like a scheduled run (admin "Maintenance runs", the dead man's switch).
         results = self._each(
             targets,
-            lambda i: apply(
+            lambda i: apply_recorded(
                 plans[order[i]],
+                tenant_key(targets[i]),
                 on_progress=lambda label: (
                     self.stderr.write(label) if options["verbosity"] > 1 else None
                 ),
+                raise_on_failure=False,
             ),
             failures,
             options,
