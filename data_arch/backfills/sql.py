@@ -1,0 +1,63 @@
+"""The SQL backfills send, in one place: identifiers quoted, values as parameters."""
+
+from __future__ import annotations
+
+__all__ = [
+    "KEY_INDEX", "NEXT_KEYS", "WAL_POSITION", "quote", "qualified",
+]
+
+
+def quote(name: str) -> str:
+    """A double-quoted identifier."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"invalid identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
+
+
+#: The column, its type, whether the relation is partitioned, and the indexes led by the column:
+#: (is unique, number of key columns, other key column names).
+KEY_INDEX = """
+SELECT a.attnum, format_type(a.atttypid, a.atttypmod), c.relkind = 'p', c.oid,
+       coalesce(array_agg(array[x.indisunique::text, x.indnkeyatts::text])
+                FILTER (WHERE x.indexrelid IS NOT NULL), '{}')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %(column)s AND NOT a.attisdropped
+LEFT JOIN pg_index x ON x.indrelid = c.oid AND x.indkey[0] = a.attnum AND x.indpred IS NULL
+     AND x.indexprs IS NULL
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
+GROUP BY a.attnum, a.atttypid, a.atttypmod, c.relkind, c.oid
+"""
+
+#: The partitions of a partitioned table (leaf tables only).
+PARTITIONS = """
+SELECT c.relname FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid
+WHERE t.isleaf ORDER BY c.relname
+"""
+
+WAL_POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+
+VACUUMING = "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = %s)"
+
+SET_TIMEOUTS = (
+    "SELECT set_config('lock_timeout', %(lock)s, true), "
+    "set_config('statement_timeout', %(statement)s, true)"
+)
+
+
+def next_keys(table: str, key: str, cast: str, first: bool) -> str:
+    """The next batch's keys of a table backfill (after %(after)s unless ``first``)."""
+    where = "" if first else f" WHERE {quote(key)} > %(after)s::{cast}"
+    return f"SELECT {quote(key)} FROM {table}{where} ORDER BY {quote(key)} LIMIT %(limit)s"
+
+
+def estimate(table: str, key: str, cast: str, first: bool) -> str:
+    where = "" if first else f" WHERE {quote(key)} > %(after)s::{cast}"
+    return f"EXPLAIN (FORMAT JSON) SELECT {quote(key)} FROM {table}{where}"
+
+
+NEXT_KEYS = next_keys

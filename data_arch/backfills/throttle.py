@@ -1,0 +1,142 @@
+"""How fast a backfill may go: replica lag, lock waits, statement time and autovacuum.
+
+Before each batch, every replica of the table's router set is probed (``routing.health.probe``:
+bytes of WAL it has not replayed, and for how long). A batch starts only when, on every replica,
+the lag plus the WAL the batch is expected to write stays under ``MAX_LAG_BYTES`` (and the lag
+under ``MAX_LAG_SECONDS``); otherwise the batch is made smaller or the run waits for replay. The
+expected WAL is learnt from the batches so far (bytes of WAL per row), so the cap holds even
+when a replica's replay is stalled: the backfill stops adding WAL before the cap, not after.
+
+The batch size also follows the batch's own time (towards ``TARGET_BATCH_MS``), halves on a lock
+or statement timeout, and the run pauses while autovacuum works on the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LagSample", "Throttle"]
+
+logger = logging.getLogger("data_arch.backfills")
+
+#: Longest single sleep while waiting for replay, in seconds.
+POLL = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class LagSample:
+    lag_bytes: int
+    lag_seconds: float
+    #: Replicas that could not be probed (unreachable): they are out of the read rotation and
+    #: catch up when back, so they do not hold the backfill.
+    unknown: tuple[str, ...] = ()
+
+
+def replicas_of(primary: str) -> tuple[str, ...]:
+    """The replica aliases of ``primary``'s router set (none when the router is not set up)."""
+    from data_arch import conf
+    from data_arch.routing.sets import set_for_alias
+
+    try:
+        rset = set_for_alias(primary)
+    except conf.SettingError:
+        return ()
+    return tuple(rset.replicas) if rset is not None and rset.primary == primary else ()
+
+
+class Throttle:
+    def __init__(
+        self,
+        primary: str,
+        settings: Any,
+        *,
+        replicas: tuple[str, ...] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.primary = primary
+        self.settings = settings
+        self.replicas = replicas_of(primary) if replicas is None else replicas
+        self.sleep = sleep
+        self.cancelled = cancelled
+        self.size = settings.batch_size
+        #: Bytes of WAL per row, learnt from the batches (None until the first one).
+        self.wal_per_row: float | None = None
+        self.throttled_seconds = 0.0
+        self.max_lag_bytes = 0
+        self.lock_timeouts = 0
+
+    # ------------------------------------------------------------------ replica lag
+
+    def lag(self) -> LagSample:
+        from data_arch.routing.health import probe
+
+        worst_bytes, worst_seconds, unknown = 0, 0.0, []
+        for alias in self.replicas:
+            health = probe(alias, self.primary)
+            if health.lag_bytes is None:
+                unknown.append(alias)
+                continue
+            worst_bytes = max(worst_bytes, health.lag_bytes)
+            worst_seconds = max(worst_seconds, health.lag_seconds or 0.0)
+        self.max_lag_bytes = max(self.max_lag_bytes, worst_bytes)
+        return LagSample(worst_bytes, worst_seconds, tuple(unknown))
+
+    def rows_allowed(self, sample: LagSample) -> int:
+        """How many rows the next batch may have for the replicas to stay under the cap."""
+        if sample.lag_seconds > self.settings.max_lag_seconds:
+            return 0
+        room = self.settings.max_lag_bytes - sample.lag_bytes
+        if room <= 0:
+            return 0
+        if self.wal_per_row is None:
+            return self.size
+        # 0.8: headroom for other writers' WAL during the batch.
+        return int(room * 0.8 / max(self.wal_per_row, 1.0))
+
+    def next_size(self) -> int | None:
+        """The next batch's size, after waiting as long as replicas need; None when cancelled."""
+        floor = self.settings.min_batch_size
+        while True:
+            if not self.replicas:
+                return self.size
+            allowed = self.rows_allowed(self.lag())
+            if allowed >= min(floor, self.size):
+                return max(min(self.size, allowed), 1)
+            if self.cancelled():
+                return None
+            started = time.monotonic()
+            self.sleep(POLL)
+            self.throttled_seconds += time.monotonic() - started
+
+    # ------------------------------------------------------------------ feedback
+
+    def batch_done(self, rows: int, seconds: float, wal_bytes: int) -> None:
+        """Learn from a committed batch: WAL per row, and move the size towards the target time."""
+        if rows > 0 and wal_bytes >= 0:
+            per_row = wal_bytes / rows
+            self.wal_per_row = per_row if self.wal_per_row is None else max(
+                per_row, 0.7 * self.wal_per_row + 0.3 * per_row)
+        target = self.settings.target_batch_ms / 1000
+        if rows < self.size:
+            return  # a batch cut short by the lag budget or the table's end says little
+        if seconds > target * 1.5:
+            self.size = max(self.settings.min_batch_size, int(self.size * 0.7))
+        elif seconds < target * 0.7:
+            self.size = min(self.settings.max_batch_size, int(self.size * 1.25) + 1)
+
+    def timed_out(self) -> None:
+        """A batch hit lock_timeout or statement_timeout: retry it with half the rows."""
+        self.lock_timeouts += 1
+        self.size = max(self.settings.min_batch_size, self.size // 2)
+
+    def between_batches(self, vacuuming: bool) -> None:
+        pause = self.settings.pause_seconds + (self.settings.vacuum_pause_seconds if vacuuming else 0)
+        if pause > 0:
+            self.sleep(pause)
+            if vacuuming:
+                self.throttled_seconds += pause
