@@ -30,6 +30,9 @@ class BackfillCursor(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     #: The last key of the last committed batch (JSON: a number, or the key's text form).
     position = models.JSONField(null=True, blank=True)
+    #: The largest key when the backfill started: rows added later are not its work (the code
+    #: that adds them must already write what the backfill fills in).
+    upper = models.JSONField(null=True, blank=True)
     rows_done = models.BigIntegerField(default=0)
     rows_estimated = models.BigIntegerField(null=True, blank=True)
     batches = models.IntegerField(default=0)

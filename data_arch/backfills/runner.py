@@ -196,37 +196,56 @@ def _encode(value: Any) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def _next_keys(backfill: Backfill, target: _Target, cursor: Any, after: Any, limit: int) -> list:
-    queryset = backfill.queryset()
-    if queryset is None:
-        cursor.execute(sql.next_keys(target.table, backfill.key, target.cast, after is None),
-                       {"after": after, "limit": limit})
-        return [row[0] for row in cursor.fetchall()]
-    queryset = queryset.using(target.using)
+def _scoped(backfill: Backfill, target: _Target, after: Any, upper: Any) -> Any:
+    """The backfill's QuerySet restricted to keys in (after, upper] and to the target partition."""
+    queryset = backfill.queryset().using(target.using)
+    field = queryset.model._meta.get_field(backfill.key)
     if after is not None:
-        field = queryset.model._meta.get_field(backfill.key)
         queryset = queryset.filter(**{f"{backfill.key}__gt": field.to_python(after)})
+    if upper is not None:
+        queryset = queryset.filter(**{f"{backfill.key}__lte": field.to_python(upper)})
     if target.partition:
         queryset = queryset.extra(where=["tableoid = %s"], params=[target.relid])
+    return queryset
+
+
+def _upper(backfill: Backfill, target: _Target) -> Any:
+    """The largest key now: the backfill's last row."""
+    from django.db.models import Max
+
+    if backfill.queryset() is None:
+        with connections[target.using].cursor() as cursor:
+            cursor.execute(sql.max_key(target.table, backfill.key))
+            value = cursor.fetchone()[0]
+    else:
+        value = _scoped(backfill, target, None, None).aggregate(upper=Max(backfill.key))["upper"]
+    return None if value is None else _encode(value)
+
+
+def _next_keys(backfill: Backfill, target: _Target, cursor: Any, after: Any, upper: Any,
+               limit: int) -> list:
+    if upper is None:
+        return []
+    if backfill.queryset() is None:
+        cursor.execute(sql.next_keys(target.table, backfill.key, target.cast, after is None),
+                       {"after": after, "upper": upper, "limit": limit})
+        return [row[0] for row in cursor.fetchall()]
+    queryset = _scoped(backfill, target, after, upper)
     return list(queryset.order_by(backfill.key).values_list(backfill.key, flat=True)[:limit])
 
 
-def _estimate(backfill: Backfill, target: _Target, after: Any) -> int | None:
+def _estimate(backfill: Backfill, target: _Target, after: Any, upper: Any) -> int | None:
+    if upper is None:
+        return 0
     try:
-        queryset = backfill.queryset()
-        if queryset is None:
+        if backfill.queryset() is None:
             with connections[target.using].cursor() as cursor:
                 cursor.execute(sql.estimate(target.table, backfill.key, target.cast, after is None),
-                               {"after": after})
+                               {"after": after, "upper": upper})
                 plan = cursor.fetchone()[0]
             plan = plan if isinstance(plan, list) else json.loads(plan)
         else:
-            queryset = queryset.using(target.using)
-            if after is not None:
-                field = queryset.model._meta.get_field(backfill.key)
-                queryset = queryset.filter(**{f"{backfill.key}__gt": field.to_python(after)})
-            if target.partition:
-                queryset = queryset.extra(where=["tableoid = %s"], params=[target.relid])
+            queryset = _scoped(backfill, target, after, upper)
             plan = json.loads(queryset.values_list(backfill.key).explain(format="json"))
         return int(plan[0]["Plan"]["Plan Rows"])
     except Exception:  # noqa: BLE001 -- an estimate is a nicety, never a reason to stop
@@ -259,7 +278,7 @@ def _claim(backfill: Backfill, target: _Target, tenant: str, restart: bool) -> B
         if restart:
             row.position, row.rows_done, row.batches, row.seconds = None, 0, 0, 0.0
             row.throttled_seconds, row.lock_timeouts, row.max_lag_bytes = 0.0, 0, 0
-            row.finished_at = None
+            row.finished_at, row.upper = None, None
         elif row.state == State.DONE:
             return None
         elif row.state == State.PAUSED:
@@ -269,6 +288,8 @@ def _claim(backfill: Backfill, target: _Target, tenant: str, restart: bool) -> B
             raise BackfillError(f"backfill {label} was cancelled; rerun it from the start with "
                                 f"--restart (manage.py backfill run {backfill.name} --restart)")
         row.state, row.error = State.RUNNING, ""
+        if row.position is None and row.rows_done == 0 and row.upper is None:
+            row.upper = _upper(backfill, target)
         row.save()
     return row
 
@@ -337,7 +358,8 @@ def _run_target(
             "timeouts": row.lock_timeouts, "lag": row.max_lag_bytes}
     started = time.monotonic()
     position = row.position
-    remaining = _estimate(backfill, target, position)
+    upper = row.upper
+    remaining = _estimate(backfill, target, position, upper)
     if remaining is not None:
         manager.filter(pk=row.pk).update(rows_estimated=row.rows_done + remaining)
     timeouts_in_a_row = 0
@@ -363,7 +385,7 @@ def _run_target(
                 cursor.execute(sql.WAL_POSITION)
                 (wal_before,) = cursor.fetchone()
                 began = time.monotonic()
-                keys = _next_keys(backfill, target, cursor, position, size)
+                keys = _next_keys(backfill, target, cursor, position, upper, size)
                 if not keys:
                     current.state, current.finished_at = State.DONE, timezone.now()
                     _account(current, started, base, throttle)

@@ -49,15 +49,24 @@ SET_TIMEOUTS = (
 )
 
 
+def _range(key: str, cast: str, first: bool) -> str:
+    upper = f"{quote(key)} <= %(upper)s::{cast}"
+    return f" WHERE {upper}" if first else f" WHERE {quote(key)} > %(after)s::{cast} AND {upper}"
+
+
 def next_keys(table: str, key: str, cast: str, first: bool) -> str:
-    """The next batch's keys of a table backfill (after %(after)s unless ``first``)."""
-    where = "" if first else f" WHERE {quote(key)} > %(after)s::{cast}"
-    return f"SELECT {quote(key)} FROM {table}{where} ORDER BY {quote(key)} LIMIT %(limit)s"
+    """The next batch's keys of a table backfill: after %(after)s (unless ``first``), up to
+    %(upper)s."""
+    return (f"SELECT {quote(key)} FROM {table}{_range(key, cast, first)} ORDER BY {quote(key)} "
+            "LIMIT %(limit)s")
 
 
 def estimate(table: str, key: str, cast: str, first: bool) -> str:
-    where = "" if first else f" WHERE {quote(key)} > %(after)s::{cast}"
-    return f"EXPLAIN (FORMAT JSON) SELECT {quote(key)} FROM {table}{where}"
+    return f"EXPLAIN (FORMAT JSON) SELECT {quote(key)} FROM {table}{_range(key, cast, first)}"
+
+
+def max_key(table: str, key: str) -> str:
+    return f"SELECT max({quote(key)}) FROM {table}"
 
 
 NEXT_KEYS = next_keys

@@ -20,6 +20,7 @@ class Migration(migrations.Migration):
                 ('partition', models.CharField(blank=True, default='', max_length=63)),
                 ('state', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('paused', 'Paused'), ('cancelled', 'Cancelled'), ('failed', 'Failed'), ('done', 'Done')], default='pending', max_length=16)),
                 ('position', models.JSONField(blank=True, null=True)),
+                ('upper', models.JSONField(blank=True, null=True)),
                 ('rows_done', models.BigIntegerField(default=0)),
                 ('rows_estimated', models.BigIntegerField(blank=True, null=True)),
                 ('batches', models.IntegerField(default=0)),

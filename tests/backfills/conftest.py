@@ -13,19 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def committed(django_db_setup, django_db_blocker):
-    """Database access without a wrapping transaction: batches commit, other processes see them.
-    Cleans up the cursors it leaves."""
-    from django.conf import settings
+def committed(transactional_db):
+    """Database access without a wrapping transaction: batches commit, other processes see them
+    (the tables are flushed afterwards)."""
+    from data_arch.backfills.models import BackfillCursor
 
-    if not settings.DATABASES["default"]["NAME"].startswith("test_"):
-        pytest.fail("no test database: include a test that uses the `db` fixture in this run")
-    with django_db_blocker.unblock():
-        from data_arch.backfills.models import BackfillCursor
-
-        BackfillCursor.objects.using("default").all().delete()
-        yield
-        BackfillCursor.objects.using("default").all().delete()
+    BackfillCursor.objects.using("default").all().delete()
+    yield
 
 
 def make_items(rows: int) -> None:
