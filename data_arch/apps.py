@@ -10,6 +10,7 @@ CHECK_MODULES = (
     "data_arch.partitioning.checks",
     "data_arch.routing.checks",
     "data_arch.caching.checks",
+    "data_arch.backfills.checks",
 )
 
 

@@ -79,9 +79,11 @@ def install() -> None:
     pre_migrate.connect(on_pre_migrate, dispatch_uid="data_arch.routing.pre_migrate")
     post_migrate.connect(on_post_migrate, dispatch_uid="data_arch.routing.post_migrate")
 
+    from data_arch.backfills import ddl
     from data_arch.partitioning import schema
 
     schema.install()
+    ddl.install()
     try:
         import celery  # noqa: F401 -- the Celery hooks exist only where Celery does
     except ImportError:

@@ -70,3 +70,11 @@ def max_key(table: str, key: str) -> str:
 
 
 NEXT_KEYS = next_keys
+
+#: A pending cursor for a backfill (kept as it is when one exists).
+ENQUEUE = (
+    "INSERT INTO data_arch_backfill (name, tenant, partition, state, rows_done, batches, "
+    "batch_size, seconds, throttled_seconds, lock_timeouts, max_lag_bytes, error, created_at, "
+    "updated_at) VALUES (%(name)s, %(tenant)s, '', 'pending', 0, 0, 0, 0, 0, 0, 0, '', now(), "
+    "now()) ON CONFLICT (name, tenant, partition) DO NOTHING"
+)
