@@ -195,9 +195,12 @@ class EnqueueBackfill(Operation):
         pass
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        from django.db import transaction
+        from django.db import router, transaction
 
         connection = schema_editor.connection
+        if connection.vendor != "postgresql" or not router.allow_migrate(connection.alias,
+                                                                          app_label):
+            return
         tenant = getattr(connection, "schema_name", None)
         from data_arch.tenancy.registry import public_schema_name
 

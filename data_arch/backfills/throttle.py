@@ -94,9 +94,10 @@ class Throttle:
         if room <= 0:
             return 0
         if self.wal_per_row is None:
-            return self.size
-        # 0.8: headroom for other writers' WAL during the batch.
-        return int(room * 0.8 / max(self.wal_per_row, 1.0))
+            return min(self.size, self.settings.min_batch_size * 10)  # a small first batch to learn
+        # Half the room: headroom for other writers' WAL and for full-page images after a
+        # checkpoint, which make a row's WAL jump.
+        return int(room * 0.5 / max(self.wal_per_row, 1.0))
 
     def next_size(self) -> int | None:
         """The next batch's size, after waiting as long as replicas need; None when cancelled."""
@@ -118,9 +119,8 @@ class Throttle:
     def batch_done(self, rows: int, seconds: float, wal_bytes: int) -> None:
         """Learn from a committed batch: WAL per row, and move the size towards the target time."""
         if rows > 0 and wal_bytes >= 0:
-            per_row = wal_bytes / rows
-            self.wal_per_row = per_row if self.wal_per_row is None else max(
-                per_row, 0.7 * self.wal_per_row + 0.3 * per_row)
+            # The most WAL a row has cost so far: the budget must hold for the worst batch.
+            self.wal_per_row = max(self.wal_per_row or 0.0, wal_bytes / rows)
         target = self.settings.target_batch_ms / 1000
         if rows < self.size:
             return  # a batch cut short by the lag budget or the table's end says little

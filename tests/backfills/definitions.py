@@ -36,3 +36,4 @@ def fragile(batch):
 register_backfill("bf_fragile", table="bf_items", batch_sql_or_callable=fragile, batch_size=100)
 register_backfill("bf_unindexed", table="bf_items", key="pad", batch_sql_or_callable=COUNT)
 register_backfill("bf_not_unique", table="bf_items", key="grp", batch_sql_or_callable=COUNT)
+register_backfill("bf_parted", table="bf_parted", batch_sql_or_callable=COUNT)
