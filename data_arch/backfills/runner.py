@@ -350,7 +350,19 @@ def _run_target(
         checked[0] = time.monotonic()
         return manager.filter(pk=row.pk).values_list("state", flat=True).first() != State.RUNNING
 
-    throttle = Throttle(using, settings, cancelled=stopped)
+    def position() -> int:
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.WAL_POSITION)
+            return int(cursor.fetchone()[0])
+
+    throttle = Throttle(using, settings, cancelled=stopped, position=position)
+    vacuum_checked = [0.0, False]
+
+    def vacuuming() -> bool:  # at most once a second
+        if time.monotonic() - vacuum_checked[0] >= 1.0:
+            vacuum_checked[:] = [time.monotonic(), _vacuuming(using, target.relid)]
+        return bool(vacuum_checked[1])
+
     throttle.size = max(settings.min_batch_size,
                         min(backfill.batch_size or row.batch_size or settings.batch_size,
                             settings.max_batch_size))
@@ -422,7 +434,7 @@ def _run_target(
         throttle.batch_done(len(keys), elapsed, int(wal_after - wal_before))
         if on_progress is not None:
             on_progress(Progress.of(current))
-        throttle.between_batches(_vacuuming(using, target.relid))
+        throttle.between_batches(vacuuming())
     final = manager.get(pk=row.pk)
     if final.state == State.RUNNING:  # stopped while waiting: keep the accounting
         _account(final, started, base, throttle)

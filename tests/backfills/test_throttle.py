@@ -103,7 +103,7 @@ def test_paused_replay_holds_the_backfill_until_replay_resumes(items, streaming_
             replica.execute("SELECT pg_wal_replay_resume()")
     assert progress.state == State.DONE and counters() == {1: rows}
     assert max(sampler.samples) <= cap, max(sampler.samples)
-    assert progress.throttled_seconds > 1.0  # it waited for the paused replica
+    assert progress.throttled_seconds > 0.5  # it waited for the paused replica
 
 
 @pytest.mark.slow
