@@ -1,4 +1,4 @@
-"""System checks of backfills and the DDL guard (ids ``data_arch.E4xx``)."""
+"""System checks of backfills and the DDL guard (ids ``data_arch.E5xx``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.core import checks
 @checks.register(checks.Tags.database)
 def check_pending_migrations(app_configs: Any = None, databases: Any = None,
                              **kwargs: Any) -> list[checks.CheckMessage]:
-    """E401: with DDL_GUARD on, a migration not applied yet rewrites or locks a table.
+    """E501: with DDL_GUARD on, a migration not applied yet rewrites or locks a table.
 
     ``migrate`` runs database checks before it applies anything, so a hazard stops the whole
     run with nothing half-applied.
@@ -31,9 +31,9 @@ def check_pending_migrations(app_configs: Any = None, databases: Any = None,
             hazards = lint(labels, pending_on=alias)
         except Exception as exc:  # noqa: BLE001 -- an unreachable database is not ours to report
             return [checks.Warning(f"could not lint pending migrations on {alias!r}: {exc}",
-                                   id="data_arch.W401")]
+                                   id="data_arch.W501")]
         errors.extend(
             checks.Error(str(h), hint="Use the safe alternative named above, or list the code in "
-                         "the migration's data_arch_ignore.", id="data_arch.E401")
+                         "the migration's data_arch_ignore.", id="data_arch.E501")
             for h in hazards)
     return errors
