@@ -84,3 +84,15 @@ def test_a_partitioned_table_is_walked_partition_by_partition(parted):
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT n, count(*) FROM bf_parted GROUP BY n")
         assert dict(cursor.fetchall()) == {1: 3000}
+
+
+@pytest.mark.slow
+def test_the_celery_task_runs_a_tenant_backfill_on_a_real_worker(customers, celery_worker):
+    from data_arch.backfills.tasks import run_backfill
+
+    result = run_backfill.delay("shop.customer_email_domain", tenant="tenant_b")
+    [progress] = result.get(timeout=60)
+    assert progress["state"] == "done" and progress["tenant"] == "tenant_b"
+    assert progress["rows_done"] == 300
+    assert domains("tenant_b") == {"tenant_b.example"}
+    assert domains("tenant_a") == {None}
