@@ -45,7 +45,7 @@ def test_max_batches_stops_and_the_next_run_continues_from_the_cursor(items):
 def test_kill_9_mid_run_then_rerun_processes_every_row_exactly_once(items):
     """SIGKILL the ``manage.py backfill run`` process mid-batch; the rerun finishes the job and
     the counter column shows each row was processed exactly once."""
-    rows = 6000
+    rows = 4000
     items(rows)
     kills = 0
     for _ in range(2):  # kill it twice, at different points
