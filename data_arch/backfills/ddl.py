@@ -32,7 +32,8 @@ __all__ = ["DDLStats", "GuardedSchemaEditorMixin", "install", "run_ddl", "stats"
 
 logger = logging.getLogger("data_arch.backfills")
 
-_CONCURRENTLY = re.compile(r"^\s*(CREATE|DROP)\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\b", re.I)
+_CONCURRENTLY = re.compile(r"^\s*(CREATE|DROP)\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\b",
+                           re.IGNORECASE)
 
 
 @dataclasses.dataclass

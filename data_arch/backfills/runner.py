@@ -34,7 +34,14 @@ from data_arch.backfills.registry import Backfill, BackfillError, get_backfill
 from data_arch.backfills.throttle import Throttle
 
 __all__ = [
-    "Batch", "BackfillFailed", "Progress", "cancel", "pause", "resume", "run", "status",
+    "BackfillFailed",
+    "Batch",
+    "Progress",
+    "cancel",
+    "pause",
+    "resume",
+    "run",
+    "status",
 ]
 
 logger = logging.getLogger("data_arch.backfills")
@@ -248,7 +255,7 @@ def _estimate(backfill: Backfill, target: _Target, after: Any, upper: Any) -> in
             queryset = _scoped(backfill, target, after, upper)
             plan = json.loads(queryset.values_list(backfill.key).explain(format="json"))
         return int(plan[0]["Plan"]["Plan Rows"])
-    except Exception:  # noqa: BLE001 -- an estimate is a nicety, never a reason to stop
+    except Exception:  # an estimate is a nicety, never a reason to stop
         logger.debug("no estimate for backfill %r", backfill.name, exc_info=True)
         return None
 

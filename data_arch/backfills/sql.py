@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 __all__ = [
-    "KEY_INDEX", "NEXT_KEYS", "WAL_POSITION", "quote", "qualified",
+    "KEY_INDEX",
+    "NEXT_KEYS",
+    "WAL_POSITION",
+    "qualified",
+    "quote",
 ]
 
 

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from data_arch.backfills import BackfillError, run, status
+from data_arch.backfills import run, status
 from data_arch.backfills.models import BackfillCursor, State
 from tests.backfills.conftest import counters, manage
 

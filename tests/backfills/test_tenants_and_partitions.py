@@ -8,8 +8,6 @@ from django_tenants.utils import schema_context
 
 from data_arch.backfills import run
 from data_arch.backfills.models import BackfillCursor, State
-from data_arch.tenancy import tenant_context
-from example_project.customers.models import Client
 from example_project.shop.models import Customer
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

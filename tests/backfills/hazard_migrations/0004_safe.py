@@ -1,7 +1,10 @@
 from django.db import migrations, models
 
 from data_arch.backfills.operations import (
-    AddCheckConstraint, AddForeignKey, AddIndexConcurrently, SetNotNull,
+    AddCheckConstraint,
+    AddForeignKey,
+    AddIndexConcurrently,
+    SetNotNull,
 )
 
 
