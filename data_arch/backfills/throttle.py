@@ -129,11 +129,12 @@ class Throttle:
         """How many rows the next batch may have for the replicas to stay under the cap."""
         if sample.unknown or sample.lag_seconds > self.settings.max_lag_seconds:
             return 0
-        room = self.settings.max_lag_bytes - sample.lag_bytes
+        # Batches aim under 90% of the cap, and each takes at most half the room left: headroom
+        # for other writers' WAL and for full-page images after a checkpoint, which make a
+        # row's WAL jump.
+        room = self.settings.max_lag_bytes * 0.9 - sample.lag_bytes
         if room <= 0:
             return 0
-        # Half the room: headroom for other writers' WAL and for full-page images after a
-        # checkpoint, which make a row's WAL jump.
         return int(room * 0.5 / max(self.expected(1), 1.0))
 
     def next_size(self) -> int | None:
