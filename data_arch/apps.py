@@ -11,6 +11,7 @@ CHECK_MODULES = (
     "data_arch.routing.checks",
     "data_arch.caching.checks",
     "data_arch.maintenance.checks",
+    "data_arch.backfills.checks",
 )
 
 

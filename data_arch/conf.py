@@ -10,6 +10,7 @@ key, the value and what was expected.
         "PARTITIONS": {...},
         "ROUTER": {...},
         "CACHE": {...},
+        "BACKFILLS": {...},
     }
 """
 
@@ -23,10 +24,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
+    "BackfillSettings",
     "CacheSettings",
     "PartitionSettings",
     "RouterSettings",
     "TenancySettings",
+    "backfill_settings",
     "cache_settings",
     "configuration_errors",
     "partition_settings",
@@ -35,7 +38,7 @@ __all__ = [
     "tenancy_settings",
 ]
 
-SECTIONS = ("TENANCY", "PARTITIONS", "ROUTER", "CACHE", "CELERY", "METRICS")
+SECTIONS = ("TENANCY", "PARTITIONS", "ROUTER", "CACHE", "CELERY", "METRICS", "BACKFILLS")
 
 
 class SettingError(ImproperlyConfigured):
@@ -520,6 +523,56 @@ class CelerySettings:
         return self.stale_after if self.stale_after is not None else 2 * interval
 
 
+def _module_paths(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SettingError(f"{name} must be a list of dotted module paths, got {value!r}")
+    return tuple(string(f"{name}[{i}]", item) for i, item in enumerate(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillSettings:
+    #: Rows in a backfill's first batch (the size then adapts between MIN and MAX).
+    batch_size: int = _field(1000, positive_int)
+    #: Smallest batch: a lock timeout halves the batch down to this.
+    min_batch_size: int = _field(10, positive_int)
+    #: Largest batch the adaptive size grows to.
+    max_batch_size: int = _field(20_000, positive_int)
+    #: Time one batch should take, in milliseconds; the batch size grows or shrinks towards it.
+    target_batch_ms: int = _field(200, positive_int)
+    #: ``lock_timeout`` of every batch statement, in milliseconds; the batch's
+    #: ``statement_timeout`` is set to the same value, so no batch holds row locks longer.
+    lock_timeout_ms: int = _field(500, positive_int)
+    #: Consecutive lock or statement timeouts of one batch before the run stops (failed).
+    lock_retries: int = _field(10, positive_int)
+    #: No batch starts while a replica's replay lag plus the batch's expected WAL would exceed
+    #: this many bytes.
+    max_lag_bytes: int = _field(64 * 1024 * 1024, positive_int)
+    #: No batch starts while a replica lags more than this many seconds.
+    max_lag_seconds: float = _field(5.0, positive_number)
+    #: Pause between batches, in seconds (on top of throttling).
+    pause_seconds: float = _field(0.0, non_negative_number)
+    #: Extra pause between batches while autovacuum works on the table, in seconds.
+    vacuum_pause_seconds: float = _field(0.1, non_negative_number)
+    #: Modules imported (besides each app's ``backfills.py``) to find registered backfills.
+    modules: tuple[str, ...] = _field(tuple, _module_paths, factory=True)
+    #: ``lock_timeout`` of each DDL statement run by the migration guard, in milliseconds.
+    ddl_lock_timeout_ms: int = _field(100, positive_int)
+    #: Attempts per DDL statement when its lock times out (with backoff between them).
+    ddl_retries: int = _field(30, positive_int)
+    #: Longest wait between two DDL attempts, in seconds.
+    ddl_backoff_max: float = _field(1.0, positive_number)
+    #: Run every migration's DDL through the guard (lock_timeout, retries, refusing
+    #: operations that rewrite or lock a table that already exists).
+    ddl_guard: bool = _field(False, boolean)
+
+    def validate(self) -> None:
+        if not self.min_batch_size <= self.batch_size <= self.max_batch_size:
+            raise SettingError(
+                "DATA_ARCH['BACKFILLS']: need MIN_BATCH_SIZE <= BATCH_SIZE <= MAX_BATCH_SIZE, got "
+                f"{self.min_batch_size}, {self.batch_size}, {self.max_batch_size}"
+            )
+
+
 def tenancy_settings() -> TenancySettings:
     return _load("TENANCY", TenancySettings)
 
@@ -552,6 +605,10 @@ def metrics_settings() -> MetricsSettings:
     return _load("METRICS", MetricsSettings)
 
 
+def backfill_settings() -> BackfillSettings:
+    return _load("BACKFILLS", BackfillSettings)
+
+
 def configuration_errors() -> list[str]:
     """Every problem in ``DATA_ARCH``, one message each; empty when valid."""
     try:
@@ -560,7 +617,7 @@ def configuration_errors() -> list[str]:
         return [str(exc)]
     errors = []
     for load in (tenancy_settings, partition_settings, router_settings, cache_settings,
-                 celery_settings, metrics_settings):
+                 celery_settings, metrics_settings, backfill_settings):
         try:
             load()
         except SettingError as exc:

@@ -1,8 +1,14 @@
-"""data_arch's own table: the record of every maintenance run (the dead man's switch reads it)."""
+"""data_arch's models: the record of every maintenance run (the dead man's switch reads it),
+the admin's page models, and the backfill cursor (defined with its capability)."""
 
 from __future__ import annotations
 
 from django.db import models
+
+from data_arch.backfills.models import BackfillCursor
+
+__all__ = ["BackfillCursor", "CacheNamespace", "MaintenanceRun", "PartitionedTable",
+           "ReplicaStatus", "TenantHealth"]
 
 
 class MaintenanceRun(models.Model):

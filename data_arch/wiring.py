@@ -99,10 +99,12 @@ def install() -> None:
     pre_migrate.connect(on_pre_migrate, dispatch_uid="data_arch.routing.pre_migrate")
     post_migrate.connect(on_post_migrate, dispatch_uid="data_arch.routing.post_migrate")
 
+    from data_arch.backfills import ddl
     from data_arch.caching import invalidation
     from data_arch.partitioning import schema
 
     schema.install()
+    ddl.install()
     invalidation.install()
     _install_metrics()
     try:

@@ -8,6 +8,7 @@ app = Celery("example_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["data_arch.caching"])
+app.autodiscover_tasks(["data_arch.backfills"])
 app.autodiscover_tasks(["data_arch"])  # data_arch.tasks: maintenance, warming, replica health
 
 from data_arch.celery import beat_schedule  # noqa: E402 -- needs the settings module set above

@@ -127,7 +127,10 @@ def test_xfetch_uses_the_measured_load_time(redis_client):
     (key,) = redis_client.keys("*:measured:*}:v")
     envelope = decode(redis_client.get(key), "json")
     assert envelope.delta >= 0.05
-    assert engine()._xfetch(envelope, envelope.expires - 0.001, beta=1.0)
+    # 1 ms before expiry with a >= 50 ms load, each call refreshes early with P = exp(-0.001 /
+    # delta) >= 0.98: counted over 200 calls, so the test does not fail 2% of the time.
+    fired = sum(engine()._xfetch(envelope, envelope.expires - 0.001, beta=1.0) for _ in range(200))
+    assert fired >= 170, fired
     assert not engine()._xfetch(envelope, envelope.expires - 60, beta=1.0)
     assert not engine()._xfetch(envelope, envelope.expires - 0.001, beta=0.0)
 
