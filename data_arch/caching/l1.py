@@ -204,7 +204,8 @@ class Subscriber(threading.Thread):
                             backoff = 0.05
             except Exception as exc:
                 if self.subscribed.is_set():
-                    logger.warning("cache subscriber for %r lost Redis: %s", self.alias, exc)
+                    # INFO: the circuit breaker is what warns, once per outage.
+                    logger.info("cache subscriber for %r lost Redis: %s", self.alias, exc)
                     metrics.record("error", self.alias, "subscriber")
             finally:
                 was_up = self.subscribed.is_set()
