@@ -197,7 +197,9 @@ class Subscriber(threading.Thread):
                             handler(message["data"])
                     elif kind == "subscribe":
                         channel = message["channel"]
-                        waiting_for.discard(channel.decode() if isinstance(channel, bytes) else channel)
+                        if isinstance(channel, bytes):
+                            channel = channel.decode()
+                        waiting_for.discard(channel)
                         if not waiting_for:
                             self.subscribed.set()
                             self.on_up()
