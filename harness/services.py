@@ -31,7 +31,6 @@ import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,7 @@ __all__ = [
 MIN_POSTGRES_VERSION = 15
 SUPERUSER = "postgres"
 DATABASE = "data_arch"
-# One folder per OS user: a folder shared by every user could only be chmod'ed by its owner.
-STATE_ROOT = Path(tempfile.gettempdir()) / f"data_arch-services-{os.geteuid()}"
+STATE_ROOT = Path(tempfile.gettempdir()) / "data_arch-services"
 
 
 class ServiceError(RuntimeError):
@@ -583,24 +581,6 @@ def _install_cleanup() -> None:
                 signal.signal(signum, on_signal)
 
 
-def _own_state_root() -> Path:
-    """``STATE_ROOT``, created if needed and checked to be this user's own directory."""
-    uid = os.geteuid()
-    with contextlib.suppress(FileExistsError):
-        STATE_ROOT.mkdir(parents=True, mode=0o700)
-    info = STATE_ROOT.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
-        raise ServiceError(
-            f"{STATE_ROOT} is not a directory owned by this user (uid {uid}): remove it, or "
-            "set TMPDIR to a directory of your own"
-        )
-    # Root runs PostgreSQL as another user, who must be able to pass through to its data.
-    mode = 0o711 if uid == 0 else 0o700
-    if stat.S_IMODE(info.st_mode) != mode:
-        os.chmod(STATE_ROOT, mode)
-    return STATE_ROOT
-
-
 def _reap_orphans() -> None:
     """Stop servers left behind by a harness process that was killed (SIGKILL, OOM)."""
     if not STATE_ROOT.is_dir():
@@ -649,7 +629,9 @@ def start_services(
 
     _install_cleanup()
     _reap_orphans()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_own_state_root()))
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE_ROOT, 0o1777)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=STATE_ROOT))
     os.chmod(workdir, 0o755)
     services = Services("", "", "", workdir=workdir)
     _LIVE.append(services)
