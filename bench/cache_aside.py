@@ -287,7 +287,13 @@ def fills() -> None:
     from django.db import connections
 
     from data_arch.caching import get_or_load, invalidate_tag, reset_engines
-    from data_arch.routing import read_alias, reset_health, router_sets, routing_context, use_primary
+    from data_arch.routing import (
+        read_alias,
+        reset_health,
+        router_sets,
+        routing_context,
+        use_primary,
+    )
 
     reset_engines()
     reset_health()

@@ -42,16 +42,23 @@ from django.conf import settings as django_settings
 
 from data_arch import conf
 from data_arch.caching import metrics, replicas, wire
-from data_arch.caching.metrics import count
 from data_arch.caching.breaker import CircuitBreaker
 from data_arch.caching.envelope import Envelope, decode, encode
-from data_arch.caching.keys import Keys, Namespace, safe_part
+from data_arch.caching.keys import (
+    Keys,
+    Namespace,
+    positions_of_generation,
+    safe_part,
+    value_record_keys,
+)
 from data_arch.caching.l1 import L1Cache, Subscriber, invalidation_handler
 from data_arch.caching.leases import Heartbeat, Waiters
+from data_arch.caching.metrics import count
+from data_arch.caching.replicas import merge
 from data_arch.caching.scripts import Scripts
 from data_arch.caching.spool import GENERATION, VALUE, Pending, claim_spooled, spool_directory
 
-__all__ = ["Call", "CacheAliasError", "CacheAside", "Spec", "engine", "reset_engines"]
+__all__ = ["CacheAliasError", "CacheAside", "Call", "Spec", "engine", "reset_engines"]
 
 logger = logging.getLogger("data_arch.caching")
 
@@ -109,7 +116,7 @@ class Spec:
 class Call:
     """One resolved call: its spec and the digest of its arguments (memoised per key)."""
 
-    __slots__ = ("spec", "digest")
+    __slots__ = ("digest", "spec")
 
     def __init__(self, spec: Spec, digest: str) -> None:
         self.spec = spec
@@ -139,13 +146,6 @@ def _is_cluster(client: Any) -> bool:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _merge(into: dict[str, str], positions: dict[str, str]) -> dict[str, str]:
-    for alias, lsn in positions.items():
-        if lsn > into.get(alias, ""):
-            into[alias] = lsn
-    return into
 
 
 class _Missing:
@@ -344,9 +344,6 @@ class CacheAside:
             )
         return found
 
-    def generation_keys(self, namespace: Namespace, spec: Spec) -> list[str]:
-        return list(namespace.keys(spec.name, "-", spec.models, spec.tags).generations)
-
     def get_or_load(self, namespace: Namespace, call: Call, loader: Callable[[], Any]) -> Any:
         spec = call.spec
         keys = self._keys.get((namespace.slot, call)) or self.keys_for(namespace, call)
@@ -468,7 +465,7 @@ class CacheAside:
         positions: dict[str, str] = {}
         for field, lsn in zip(fields, out[n:]):
             if lsn:
-                _merge(positions, {field.rsplit("@", 1)[1]: _text(lsn)})
+                merge(positions, {field.rsplit("@", 1)[1]: _text(lsn)})
         return tuple(int(g) for g in out[:n]), positions
 
     def _lease(self, keys: Keys, token: str, name: str) -> tuple[bool, Any, int, str, dict]:
@@ -518,7 +515,7 @@ class CacheAside:
             return self._unwrap(current, spec)
         try:
             return self._load_and_store(
-                keys, token, spec, loader, generations, version, _merge(positions, key_positions)
+                keys, token, spec, loader, generations, version, merge(positions, key_positions)
             )
         except Exception:
             logger.warning(
@@ -559,7 +556,7 @@ class CacheAside:
                     if acquired:
                         self._release(keys, token, spec.name)
                     return self._unwrap(envelope, spec)
-                positions = _merge(positions, key_positions)
+                positions = merge(positions, key_positions)
                 if acquired:
                     return self._load_and_store(
                         keys, token, spec, loader, generations, version, positions
@@ -736,7 +733,7 @@ class CacheAside:
         message = json.dumps({"k": keys, "t": _time()})
         self._call(
             "invalidate", "invalidating", self.scripts().bump,
-            keys=[*keys, namespace_positions(keys[0])],
+            keys=[*keys, positions_of_generation(keys[0])],
             args=[_seed(), self._default_record_ttl(), self.invalidate_channel, message, *pairs],
             force=force,
         )
@@ -795,10 +792,9 @@ class CacheAside:
         pairs: list[str] = []
         for alias, lsn in positions.items():
             pairs += [f"@{alias}", lsn]
-        stem = key[:-1]
         self._call(
             "invalidate", "invalidating a value", self.scripts().invalidate,
-            keys=[key, stem + "l", stem + "k", stem + "w"],
+            keys=value_record_keys(key),
             args=[_seed(), max(self._default_record_ttl(), 3_600_000), self.ready_channel,
                   self.invalidate_channel, json.dumps({"k": [key], "t": _time()}), *pairs],
             force=force,
@@ -859,10 +855,6 @@ class CacheAside:
                 )
                 return
             time.sleep(0.1)
-
-
-def namespace_positions(generation_key: str) -> str:
-    return generation_key.split("}", 1)[0] + "}:p"
 
 
 _KINDS = {"all": "tenant", "m": "model", "t": "tag"}

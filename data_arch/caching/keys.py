@@ -92,7 +92,7 @@ class Keys:
 class Namespace:
     """The tenant (or shared) space a key lives in; ``slot`` is its Redis Cluster hash tag."""
 
-    __slots__ = ("prefix", "label", "slot", "_hash")
+    __slots__ = ("_hash", "label", "prefix", "slot")
 
     def __init__(self, prefix: str, label: str) -> None:
         self.prefix = prefix
@@ -134,7 +134,9 @@ class Namespace:
 
     def keys(self, name: str, digest: str, models: Iterable[str], tags: Iterable[str]) -> Keys:
         """The keys of the value ``name``/``digest`` that depends on ``models`` and ``tags``."""
-        suffixes = ("all", *("m:" + m.lower() for m in models), *("t:" + safe_part(t) for t in tags))
+        suffixes = (
+            "all", *("m:" + m.lower() for m in models), *("t:" + safe_part(t) for t in tags)
+        )
         tag = "{" + safe_part(self.prefix) + ":" + self.label + ":" + safe_part(name) + ":" + digest
         return Keys(
             value=tag + "}:v",
@@ -146,10 +148,15 @@ class Namespace:
             positions=self.positions_key(),
         )
 
-    def value_keys(self, value_key: str) -> tuple[str, str, str]:
-        """The lease, version and marker keys that belong to ``value_key``."""
-        stem = value_key[:-1]
-        return stem + "l", stem + "k", stem + "w"
+def value_record_keys(value_key: str) -> list[str]:
+    """The value key with its lease, version and marker keys (one slot)."""
+    stem = value_key[:-1]
+    return [value_key, stem + "l", stem + "k", stem + "w"]
+
+
+def positions_of_generation(generation_key: str) -> str:
+    """The WAL-positions hash of the namespace a counter belongs to."""
+    return generation_key.split("}", 1)[0] + "}:p"
 
 
 def namespace_of_generation(generation_key: str) -> str:

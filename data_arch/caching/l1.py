@@ -197,14 +197,17 @@ class Subscriber(threading.Thread):
                             handler(message["data"])
                     elif kind == "subscribe":
                         channel = message["channel"]
-                        waiting_for.discard(channel.decode() if isinstance(channel, bytes) else channel)
+                        if isinstance(channel, bytes):
+                            channel = channel.decode()
+                        waiting_for.discard(channel)
                         if not waiting_for:
                             self.subscribed.set()
                             self.on_up()
                             backoff = 0.05
             except Exception as exc:
                 if self.subscribed.is_set():
-                    logger.warning("cache subscriber for %r lost Redis: %s", self.alias, exc)
+                    # INFO: the circuit breaker is what warns, once per outage.
+                    logger.info("cache subscriber for %r lost Redis: %s", self.alias, exc)
                     metrics.record("error", self.alias, "subscriber")
             finally:
                 was_up = self.subscribed.is_set()

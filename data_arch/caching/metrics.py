@@ -47,7 +47,7 @@ _local = threading.local()
 
 
 class _ThreadCounts:
-    __slots__ = ("counts", "__weakref__")
+    __slots__ = ("__weakref__", "counts")
 
     def __init__(self) -> None:
         self.counts: dict[Key, int] = {}

@@ -19,9 +19,17 @@ from collections.abc import Iterator
 
 from data_arch import conf
 
-__all__ = ["capture", "primaries", "reading_after"]
+__all__ = ["capture", "merge", "primaries", "reading_after"]
 
 logger = logging.getLogger("data_arch.caching")
+
+
+def merge(into: dict[str, str], positions: dict[str, str]) -> dict[str, str]:
+    """Keep the highest position per primary in ``into`` (bumps may arrive out of order)."""
+    for alias, lsn in positions.items():
+        if lsn > into.get(alias, ""):
+            into[alias] = lsn
+    return into
 
 
 def primaries() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Invalidations that could not reach Redis: kept in memory, and on disk so they outlive the process.
+"""Invalidations Redis did not take: kept in memory, and on disk so they outlive the process.
 
 While Redis is unreachable a process queues its bumps (generation counters, single values)
 with the WAL positions they carry. Each one is also appended to a per-process spool file in
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from data_arch.caching.keys import namespace_of_generation, namespace_of_value
+from data_arch.caching.replicas import merge
 
 __all__ = ["Pending", "spool_directory"]
 
@@ -47,12 +48,6 @@ def spool_directory(configured: str | None, location: str, prefix: str) -> Path:
     )
     digest = hashlib.sha256(f"{location}\0{prefix}".encode()).hexdigest()[:16]
     return base / digest
-
-
-def _merge(into: dict[str, str], positions: dict[str, str]) -> None:
-    for alias, lsn in positions.items():
-        if lsn > into.get(alias, ""):
-            into[alias] = lsn
 
 
 class Pending:
@@ -80,7 +75,7 @@ class Pending:
             for key in keys:
                 _, seen = self._items.get(key, (kind, {}))
                 merged = dict(seen)
-                _merge(merged, positions)
+                merge(merged, positions)
                 self._items[key] = (kind, merged)
                 lines.append({"k": key, "t": kind, "p": positions})
             if len(self._items) > self.limit:
@@ -96,7 +91,7 @@ class Pending:
             whole = namespace_of_generation(key) if kind == GENERATION else namespace_of_value(key)
             _, seen = collapsed.get(whole, (GENERATION, {}))
             merged = dict(seen)
-            _merge(merged, positions)
+            merge(merged, positions)
             collapsed[whole] = (GENERATION, merged)
         self.collapsed += len(self._items) - len(collapsed)
         logger.warning(
@@ -117,7 +112,7 @@ class Pending:
             for key, (kind, positions) in items.items():
                 _, seen = self._items.get(key, (kind, {}))
                 merged = dict(seen)
-                _merge(merged, positions)
+                merge(merged, positions)
                 self._items[key] = (kind, merged)
 
     def delivered(self) -> None:
@@ -243,7 +238,7 @@ def claim_spooled(
                     continue
                 _, seen = items.get(key, (kind, {}))
                 merged = dict(seen)
-                _merge(merged, {str(a): str(p) for a, p in positions.items()})
+                merge(merged, {str(a): str(p) for a, p in positions.items()})
                 items[key] = (kind, merged)
         except OSError:
             continue

@@ -438,7 +438,9 @@ def test_values_come_back_with_their_own_types():
     value = {
         "html": mark_safe("<b>bold</b>"),
         "local": datetime.datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=paris),
-        "offset": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
+        "offset": datetime.datetime(
+            2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))
+        ),
         "utc": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         "at": datetime.time(9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1), "CET")),
     }

@@ -141,3 +141,26 @@ def test_waiters_are_woken_by_the_store_without_polling(redis_client):
     # store and an odd spurious wake-up): polling every 2-50 ms for a second would be ~200.
     assert commands <= 7 * 5 + 3, commands
     assert metrics.total("lock_wait") == 7
+
+
+def test_a_waiter_loads_by_itself_after_lock_wait(cache_settings, caplog):
+    cache_settings(LOCK_WAIT=0.3)
+    started, release = threading.Event(), threading.Event()
+
+    def stuck():
+        started.set()
+        release.wait(10)
+        return "from the holder"
+
+    holder = threading.Thread(target=lambda: get_or_load("stuck", stuck, 60))
+    holder.start()
+    assert started.wait(10)
+    try:
+        began = time.monotonic()
+        assert get_or_load("stuck", lambda: "loaded myself", 60) == "loaded myself"
+        assert 0.3 <= time.monotonic() - began < 5
+        assert metrics.total("lock_timeout") == 1
+        assert "gave up waiting" in caplog.text
+    finally:
+        release.set()
+        holder.join(10)
