@@ -86,7 +86,7 @@ def streaming_replica(data_arch_services: Any) -> Any:
     return data_arch_services
 
 
-def replica_caught_up(primary: str = "default", replica: str = "replica", timeout: float = 10) -> None:
+def replica_caught_up(primary: str = "default", replica: str = "replica", timeout: float = 30) -> None:
     """Wait until ``replica`` has replayed everything ``primary`` has written so far."""
     from django.db import connections
 

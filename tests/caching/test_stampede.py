@@ -72,7 +72,9 @@ def test_32_cold_requests_from_4_processes_run_the_loader_once(loads):
     assert values == [{"answer": 42}] * 32
     assert len({pid for pid, _, _ in reports}) == 4
     assert loads.count == 1
-    assert sum(waits for _, _, waits in reports) == 31
+    # Everyone but the loader waited for it -- or, on a loaded machine, arrived after the value
+    # was stored and read it: either way nobody ran the loader a second time.
+    assert 1 <= sum(waits for _, _, waits in reports) <= 31
 
 
 def _crash_while_loading():
