@@ -5,7 +5,7 @@ from data_arch.partitioning.declaration import (
     partitioned_models,
     partitioning_of,
 )
-from data_arch.partitioning.operations import AddIndexConcurrently
+from data_arch.partitioning.operations import AddIndexConcurrently, AddPartitionedIndex
 from data_arch.partitioning.plan import Action, PartitionError, Plan, Step, TablePlan, plan
 from data_arch.partitioning.runner import (
     ApplyResult,
@@ -19,6 +19,7 @@ from data_arch.partitioning.status import PartitionStatus, TableStatus, status
 __all__ = [
     "Action",
     "AddIndexConcurrently",
+    "AddPartitionedIndex",
     "ApplyResult",
     "Failure",
     "MaintenanceBusy",

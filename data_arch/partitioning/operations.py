@@ -10,10 +10,10 @@ from django.db.migrations.operations import AddIndex
 
 from data_arch.partitioning import sql
 
-__all__ = ["AddIndexConcurrently"]
+__all__ = ["AddIndexConcurrently", "AddPartitionedIndex"]
 
 
-class AddIndexConcurrently(AddIndex):
+class AddPartitionedIndex(AddIndex):
     """``AddIndex`` for partitioned tables: ON ONLY parent, CONCURRENTLY per partition, ATTACH.
 
     ``CREATE INDEX CONCURRENTLY`` refuses a partitioned parent, and a plain ``CREATE INDEX`` on it
@@ -91,3 +91,9 @@ class AddIndexConcurrently(AddIndex):
 
     def allow_migrate_model(self, alias: str, model: Any) -> bool:
         return router.allow_migrate_model(alias, model)
+
+
+#: The former name of :class:`AddPartitionedIndex`, kept so existing migrations still load. It
+#: is not Django's ``django.contrib.postgres.operations.AddIndexConcurrently`` (which refuses a
+#: partitioned table): new migrations should use ``AddPartitionedIndex``.
+AddIndexConcurrently = AddPartitionedIndex

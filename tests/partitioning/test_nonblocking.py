@@ -11,7 +11,7 @@ from django.db.migrations.state import ProjectState
 from django.test import override_settings
 from django_tenants.utils import schema_context
 
-from data_arch.partitioning import AddIndexConcurrently, apply, plan, sql, status
+from data_arch.partitioning import AddPartitionedIndex, apply, plan, sql, status
 from data_arch.partitioning.checks import check_declarations, check_partition_health
 from example_project.events.models import Event
 from tests.partitioning.conftest import TABLE
@@ -115,7 +115,7 @@ def test_declared_indexes_exist_on_new_partitions_and_drift_is_reported(events):
 
 def test_add_index_concurrently_builds_per_partition_and_validates_the_parent(events):
     apply(plan(models_=["events.Event"], ahead=2))
-    operation = AddIndexConcurrently("event", models.Index(fields=["kind"], name="event_kind_cc"))
+    operation = AddPartitionedIndex("event", models.Index(fields=["kind"], name="event_kind_cc"))
     state = ProjectState.from_apps(apps)
     try:
         with connection.schema_editor(atomic=False) as editor:
@@ -172,7 +172,7 @@ def test_add_index_concurrently_gives_two_indexes_ending_alike_their_own_childre
     try:
         with connection.schema_editor(atomic=False) as editor:
             for index in indexes:
-                AddIndexConcurrently("event", index).database_forwards("events", editor, state, state)
+                AddPartitionedIndex("event", index).database_forwards("events", editor, state, state)
         with connection.cursor() as cursor:
             for index in indexes:
                 cursor.execute(
