@@ -146,6 +146,10 @@ def _login(browser, live_server, username: str, password: str) -> None:
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # Wait for the redirect after login to land, or the next get() races it.
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.ID, "user-tools"))
 
 
 @pytest.mark.slow

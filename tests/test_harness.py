@@ -372,7 +372,7 @@ def wheel_redis(monkeypatch):
 
 def test_forced_wheel_redis_serves_the_cache_helpers(wheel_redis, tmp_path, settings):
     from data_arch.caching import CacheAside, namespace, reset_engines
-    from data_arch.caching.engine import Spec
+    from data_arch.caching.engine import Call, Spec
     from data_arch.tenancy import Tenant
 
     # An error from this server must fail the test, not be absorbed by fail-open.
@@ -389,13 +389,13 @@ def test_forced_wheel_redis_serves_the_cache_helpers(wheel_redis, tmp_path, sett
     try:
         info = client.info("server")
         ns = namespace(Tenant(pk=1, schema_name="tenant_1"))
-        spec = Spec(name="smoke", timeout=60, tags=("smoke",))
+        call = Call(Spec(name="smoke", timeout=60, tags=("smoke",)), "k")
         loads = []
         for _ in range(3):
-            assert engine.get_or_load(ns, "k", spec, lambda: loads.append(1) or {"v": 1}) == {"v": 1}
+            assert engine.get_or_load(ns, call, lambda: loads.append(1) or {"v": 1}) == {"v": 1}
         assert len(loads) == 1
         engine.bump([ns.tag_generation("smoke")])
-        assert engine.get_or_load(ns, "k", spec, lambda: "reloaded") == "reloaded"
+        assert engine.get_or_load(ns, call, lambda: "reloaded") == "reloaded"
         print(f"\nwheel server {wheel_redis}: redis_version {info['redis_version']}")
     finally:
         engine.close()
