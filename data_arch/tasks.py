@@ -100,7 +100,8 @@ def _run(task: Any, job: str, tenant: str | None, all_tenants: bool, **kwargs: A
             # Row-level tenants share the public tables: maintained once, by the shared run.
             tenants = [t for t in tenants or [] if getattr(t, "schema_name", None)]
             shared = _run_one(task, job, call, None, config, kwargs)
-            return {**_fan_out(task, job, tenants, kwargs), "shared": shared}
+            return {**_fan_out(task, job, tenants, kwargs), "shared": shared,
+                    "tenant_schemas": _tenant_schemas(task)}
         return _fan_out(task, job, tenants or [], kwargs)
     target = tenants[0] if tenants else None
     if target is None and per_tenant and current_tenant() is not None:
@@ -114,6 +115,16 @@ def _run(task: Any, job: str, tenant: str | None, all_tenants: bool, **kwargs: A
                 raise task.retry(countdown=random.uniform(0.2, 1.0), max_retries=SLOT_RETRIES)
             return _run_one(task, job, call, target, config, kwargs)
     return _run_one(task, job, call, None, config, kwargs)
+
+
+def _tenant_schemas(task: Any) -> Any:
+    """The schema sweep's check that no tenant schema lacks a tenant table (data_arch.E105)."""
+    from data_arch.maintenance.jobs import check_tenant_schemas
+
+    try:
+        return check_tenant_schemas(task_id=getattr(task.request, "id", None) or "")
+    except RuntimeError as exc:  # recorded and signalled; the fan-out goes on
+        return {"ok": False, "error": str(exc)}
 
 
 def _run_one(task: Any, job: str, call: Any, tenant: Any, config: Any, kwargs: dict) -> Any:

@@ -21,6 +21,7 @@ __all__ = [
     "JOBS",
     "MaintenanceInputError",
     "apply_recorded",
+    "check_tenant_schemas",
     "TenantOutcome",
     "for_each_tenant",
     "maintain_partitions",
@@ -221,6 +222,28 @@ def refresh_replica_health(task_id: str = "") -> dict[str, Any]:
             "unhealthy": sum(1 for r in replicas.values() if not r["healthy"]),
         }
     return {"replicas": replicas}
+
+
+def check_tenant_schemas(using: str = "default", task_id: str = "") -> dict[str, Any]:
+    """Every tenant schema has every TENANT_APPS table (``data_arch.E105``): a schema that
+    lacks one reads and writes the public table instead. Recorded as job ``tenant_schemas``;
+    failed when any is missing (and the ``maintenance_failed`` signal is sent)."""
+    from django.db import connections
+
+    from data_arch import schema_backend
+    from data_arch.tenancy.status import missing_tenant_tables
+
+    if not schema_backend.is_schema_connection(connections[using]):
+        return {"missing": {}}
+    missing: dict[str, list[str]] = {}
+    with record_run("tenant_schemas", "", task_id) as run:
+        for schema, table in missing_tenant_tables(using):
+            missing.setdefault(schema, []).append(table)
+        run.counts = {"schemas_missing_tables": len(missing)}
+        if missing:
+            raise RuntimeError("; ".join(f"{schema} lacks {', '.join(tables)}"
+                                         for schema, tables in sorted(missing.items())))
+    return {"missing": missing}
 
 
 #: job name -> (library call, whether it runs per tenant)

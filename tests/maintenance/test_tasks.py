@@ -182,3 +182,25 @@ def test_the_partitions_command_records_its_runs_too():
     run = MaintenanceRun.objects.filter(job="partitions").latest("started_at")
     assert run.outcome == "ok" and run.runner and not run.task_id
     assert {"created", "drained", "retained", "failures"} <= set(run.counts)
+
+
+def test_the_hourly_sweep_reports_a_tenant_schema_missing_a_tenant_table():
+    # The library call the all-tenants partition task runs (called directly: a fan-out here
+    # would keep maintaining tenant schemas while the next test module runs).
+    from data_arch.maintenance.jobs import check_tenant_schemas
+    from example_project.customers.models import Client
+
+    client = Client(schema_name="half_made", name="Half made")
+    client.auto_create_schema = False
+    client.save()
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE SCHEMA half_made")  # no tables: every query would hit public
+    try:
+        with pytest.raises(RuntimeError, match="half_made lacks"):
+            check_tenant_schemas()
+        run = MaintenanceRun.objects.filter(job="tenant_schemas").latest("started_at")
+        assert run.outcome == "failed" and "half_made" in run.error
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DROP SCHEMA half_made CASCADE")
+        client.delete()
