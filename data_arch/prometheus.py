@@ -6,10 +6,10 @@ Installed by :func:`data_arch.wiring.install` when ``prometheus_client`` is impo
 * events, counted in every process: cache events and load times (:mod:`data_arch.caching`),
   router decisions by alias and reason, health probes by outcome, reads retried elsewhere;
 * state, computed at scrape time by :class:`StateCollector` and cached for
-  ``METRICS.CACHE_SECONDS``, so a scrape costs at most three cheap queries however many tenant
+  ``METRICS.CACHE_SECONDS``, so a scrape costs at most four cheap queries however many tenant
   schemas there are: replica health and lag (this process's verdicts), partitions per table,
   months covered ahead (the fewest over all schemas), rows in default partitions (summed, each
-  counted up to 100,001), pending detaches, maintenance runs (last success, last duration,
+  counted up to 100,001), pending detaches, index drift, maintenance runs (last success, last duration,
   failures in the last 24 hours, last duration); and data_arch's Celery task runs by outcome.
 
 Labels are bounded: aliases, table names, job names, fixed reasons -- never a tenant or a key.
@@ -49,6 +49,19 @@ SELECT parent.relname, child.relname, pg_get_expr(child.relpartbound, child.oid)
   JOIN pg_namespace n ON n.oid = parent.relnamespace
   JOIN pg_class child ON child.oid = i.inhrelid
  WHERE parent.relname = ANY(%s)
+"""
+
+
+#: Partitions that lack a child of a partitioned index of their table (index drift), per table.
+_INDEX_DRIFT_SQL = """
+SELECT t.relname, sum(parts.n - attached.n)::bigint
+  FROM pg_index i
+  JOIN pg_class idx ON idx.oid = i.indexrelid AND idx.relkind = 'I'
+  JOIN pg_class t ON t.oid = i.indrelid AND t.relkind = 'p'
+  CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_inherits WHERE inhparent = t.oid) parts
+  CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_inherits WHERE inhparent = idx.oid) attached
+ WHERE t.relname = ANY(%s)
+ GROUP BY t.relname
 """
 
 
@@ -154,6 +167,8 @@ class StateCollector:
                 )
                 cursor.execute(union, [v for pair in defaults for v in pair])
                 counts = {(s, c): n for s, c, n in cursor.fetchall()}
+            cursor.execute(_INDEX_DRIFT_SQL, [tables])
+            drift_rows = dict(cursor.fetchall())
         current = month_start(dt.datetime.now(dt.UTC))
         per_table: dict[str, dict[str, Any]] = {
             t: {"partitions": 0, "default_rows": 0, "pending": 0, "ends": {}} for t in tables
@@ -186,7 +201,12 @@ class StateCollector:
         pending = GaugeMetricFamily("data_arch_partition_pending_detaches",
                                     "Partitions left DETACH ... CONCURRENTLY pending.",
                                     labels=["table"])
+        drift = GaugeMetricFamily(
+            "data_arch_partition_index_drift",
+            "Partition indexes missing: partitions lacking a child of one of the table's "
+            "partitioned indexes, summed over every schema.", labels=["table"])
         for table, entry in per_table.items():
+            drift.add_metric([table], float(drift_rows.get(table, 0)))
             count.add_metric([table], entry["partitions"])
             default_rows.add_metric([table], entry["default_rows"])
             pending.add_metric([table], entry["pending"])
@@ -198,7 +218,7 @@ class StateCollector:
                 fewest = min(ends)
                 months = (fewest.year - current.year) * 12 + fewest.month - current.month - 1
                 ahead.add_metric([table], max(min(months, 1200), -1))
-        yield from (count, ahead, default_rows, pending)
+        yield from (count, ahead, default_rows, pending, drift)
 
     def _maintenance(self) -> Iterator[Any]:
         from django.db import DatabaseError, connections

@@ -86,3 +86,25 @@ def test_maintenance_runs_give_the_last_success():
     assert abs(stamp - dt.datetime.now(dt.UTC).timestamp()) < 120
     assert _value(samples, "data_arch_maintenance_failures_24h", job="partitions") == 0
     assert _value(samples, "data_arch_maintenance_last_duration_seconds", job="partitions") >= 0
+
+
+def test_index_drift_counts_partitions_missing_an_index():
+    from django.db import connections
+
+    from data_arch.partitioning import apply, plan
+
+    apply(plan(models_=["audit.AuditEntry"]))
+    assert _value(_scrape(), "data_arch_partition_index_drift", table="audit_auditentry") == 0
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = "
+                       "'audit_auditentry'::regclass")
+        (partitions,) = cursor.fetchone()
+        # An index on the parent only: no partition has it yet (what an interrupted
+        # AddPartitionedIndex leaves).
+        cursor.execute("CREATE INDEX audit_drift_idx ON ONLY audit_auditentry (action)")
+    try:
+        assert _value(_scrape(), "data_arch_partition_index_drift",
+                      table="audit_auditentry") == partitions
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DROP INDEX audit_drift_idx")
