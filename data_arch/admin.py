@@ -191,7 +191,11 @@ class ReplicaStatusAdmin(_PageAdmin):
                     verdict = health.refresh(alias, rset.primary)
                 else:
                     verdict = health.health_of(alias, rset.primary)
-                rows.append({"alias": alias, "primary": rset.primary, "verdict": verdict})
+                failures, since, until = health.schedule(alias)
+                rows.append({"alias": alias, "primary": rset.primary, "verdict": verdict,
+                             "failures": failures,
+                             "since": None if since is None else round(since, 1),
+                             "until": None if until is None else round(until, 1)})
         if request.method == "POST":
             messages.success(request, f"Probed {len(rows)} replica(s) now.")
             return self._back(request)

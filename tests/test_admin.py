@@ -93,6 +93,8 @@ def test_permissions_are_respected(viewer):
 def test_the_other_pages(admin_client_, streaming_replica):
     replicas = admin_client_.get("/admin/data_arch/replicastatus/")
     assert replicas.status_code == 200 and "replica" in replicas.content.decode()
+    (row,) = replicas.context["replicas"]
+    assert row["verdict"].healthy and row["failures"] == 0 and row["since"] is not None
     ok = admin_client_.post("/admin/data_arch/cachenamespace/", {"tenant": ""}, follow=True)
     assert any("Invalidated" in m for m in _messages(ok))
     bad = admin_client_.post("/admin/data_arch/cachenamespace/", {"tenant": "no_such"},

@@ -32,7 +32,7 @@ from data_arch.routing.wal import note_replayed
 
 __all__ = [
     "ReplicaHealth", "health_of", "last_verdict", "mark_unhealthy", "probe", "refresh",
-    "reset_health",
+    "reset_health", "schedule",
 ]
 
 logger = logging.getLogger("data_arch.routing")
@@ -115,6 +115,16 @@ def last_verdict(alias: str) -> ReplicaHealth | None:
     """The verdict on ``alias`` as it stands, without probing."""
     host = _hosts.get(alias)
     return host.verdict if host is not None else None
+
+
+def schedule(alias: str) -> tuple[int, float | None, float | None]:
+    """``(consecutive failures, seconds since the last probe ended, seconds until the next
+    re-probe)`` of ``alias`` in this process (Nones before its first probe)."""
+    host = _hosts.get(alias)
+    if host is None or host.verdict is None:
+        return 0, None, None
+    now = time.monotonic()
+    return host.failures, now - host.verdict.checked_at, max(0.0, host.recheck_at - now)
 
 
 def mark_unhealthy(alias: str, reason: str) -> None:
