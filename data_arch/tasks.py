@@ -86,7 +86,7 @@ def _fan_out(task: Any, job: str, tenants: list[Any], extra: dict[str, Any]) -> 
 
 def _run(task: Any, job: str, tenant: str | None, all_tenants: bool, **kwargs: Any) -> Any:
     from data_arch.maintenance import locks
-    from data_arch.maintenance.jobs import JOBS, MaintenanceInputError, resolve_tenants, tenant_key
+    from data_arch.maintenance.jobs import JOBS, MaintenanceInputError, resolve_tenants
     from data_arch.tenancy import current_tenant
 
     config = _settings()

@@ -14,7 +14,6 @@ wrote, not a prefixed one. Not retried: writes, ``executemany``, statements insi
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.db import connections
 from django.db.utils import DatabaseError, InterfaceError, OperationalError

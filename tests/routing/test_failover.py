@@ -2,7 +2,6 @@ import time
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 from django.test import override_settings
 
 from data_arch.routing import routing_context
