@@ -173,6 +173,20 @@ def find_postgres(choice: str | None = None) -> PostgresBinaries:
     return PostgresBinaries(bindir, version, "path")
 
 
+def apt_install(*packages: str) -> bool:
+    """Install Debian packages when running as root with apt-get (refreshing the package lists
+    once if the first try fails); False when that is not possible or did not work."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    for step in (command, ["apt-get", "update", "-q"], command):
+        result = subprocess.run(step, env=env, capture_output=True, text=True)
+        if step is command and result.returncode == 0:
+            return True
+    return False
+
+
 def find_redis_server(install: bool = True) -> str:
     """Path of the Redis server to start (``DATA_ARCH_REDIS``: ``system``, ``wheel`` or a path).
 
@@ -190,16 +204,7 @@ def find_redis_server(install: bool = True) -> str:
         found = shutil.which("redis-server")
         if found:
             return found
-        if install and choice != "system" and os.geteuid() == 0 and shutil.which("apt-get"):
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for cmd in (
-                ["apt-get", "install", "-y", "-q", "redis-server"],
-                ["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "redis-server"],
-            ):
-                result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if cmd[1] == "install" and result.returncode == 0:
-                    break
+        if install and choice != "system" and apt_install("redis-server"):
             found = shutil.which("redis-server")
             if found:
                 return found
@@ -706,6 +711,20 @@ def _reap_orphans() -> None:
         shutil.rmtree(state.parent, ignore_errors=True)
 
 
+def _postgres_dirs(workdir: Path, user: str | None) -> tuple[Path, Path]:
+    """``workdir/pg/primary`` (created, 0700, owned by the service user) and the path the
+    replica's ``pg_basebackup`` will create."""
+    pgroot = workdir / "pg"
+    pgroot.mkdir()
+    primary_dir, replica_dir = pgroot / "primary", pgroot / "replica"
+    primary_dir.mkdir(mode=0o700)
+    if user is not None:
+        info = pwd.getpwnam(user)
+        for path in (pgroot, primary_dir):
+            os.chown(path, info.pw_uid, info.pw_gid)
+    return primary_dir, replica_dir
+
+
 def start_services(
     *,
     replica: bool = True,
@@ -750,14 +769,7 @@ def start_services(
             binaries = _accessible_bindir(find_postgres(postgres), user)
             services.binaries = binaries
             state.update(bindir=str(binaries.bindir), user=user)
-            pgroot = workdir / "pg"
-            pgroot.mkdir()
-            primary_dir, replica_dir = pgroot / "primary", pgroot / "replica"
-            primary_dir.mkdir(mode=0o700)
-            if user is not None:
-                info = pwd.getpwnam(user)
-                for path in (pgroot, primary_dir):
-                    os.chown(path, info.pw_uid, info.pw_gid)
+            primary_dir, replica_dir = _postgres_dirs(workdir, user)
             services.primary = PostgresServer(binaries, primary_dir, free_port(), user, "primary")
             services.primary.init_primary()
             state["postgres"] = [str(primary_dir)]
@@ -1090,10 +1102,14 @@ class FailoverPair:
 
 def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size: int = 1) -> PgBouncer:
     """Start a throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of the server on
-    ``server_port``; the caller stops it. Raises ServiceError when pgbouncer is not installed."""
-    executable = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-    )
+    ``server_port``; the caller stops it. Installs it when root; raises ServiceError when it is
+    not installed and cannot be."""
+    def locate() -> str | None:
+        return shutil.which("pgbouncer") or (
+            "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+        )
+
+    executable = locate() or (apt_install("pgbouncer") and locate()) or None
     if executable is None:
         raise ServiceError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
     bouncer = PgBouncer(
@@ -1118,14 +1134,7 @@ def start_failover_pair(
         binaries = _accessible_bindir(find_postgres(postgres), user)
     workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-failover-", dir=_own_state_root()))
     os.chmod(workdir, 0o755)
-    pgroot = workdir / "pg"
-    pgroot.mkdir()
-    primary_dir, replica_dir = pgroot / "primary", pgroot / "replica"
-    primary_dir.mkdir(mode=0o700)
-    if user is not None:
-        info = pwd.getpwnam(user)
-        for path in (pgroot, primary_dir):
-            os.chown(path, info.pw_uid, info.pw_gid)
+    primary_dir, replica_dir = _postgres_dirs(workdir, user)
     primary = PostgresServer(binaries, primary_dir, free_port(), user, "primary")
     replica = PostgresServer(binaries, replica_dir, free_port(), user, "replica")
     pair = FailoverPair(primary, replica, workdir)

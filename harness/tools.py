@@ -59,17 +59,13 @@ def chromium() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if browser and driver:
         return browser, driver
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ToolMissing("no chromium + chromedriver: install them "
-                          "(Debian: apt-get install chromium chromium-driver)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    installed = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-        capture_output=True, text=True, env=env,
-    )
+    from harness.services import apt_install
+
+    if not apt_install("chromium", "chromium-driver"):
+        raise ToolMissing("no chromium + chromedriver, and they cannot be installed here "
+                          "(Debian, as root: apt-get install chromium chromium-driver)")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if installed.returncode != 0 or not (browser and driver):
-        raise ToolMissing(f"apt-get install chromium chromium-driver failed: "
-                          f"{installed.stderr.strip()[-300:]}")
+    if not (browser and driver):
+        raise ToolMissing("apt-get installed chromium but chromium/chromedriver are not on PATH")
     return browser, driver

@@ -57,10 +57,8 @@ class AddIndexConcurrently(_AddIndexConcurrently):
             raise
 
 
-class AddForeignKey(Operation):
-    """Create the FOREIGN KEY constraint of ``model_name.name`` (declared ``db_constraint=False``
-    in an earlier operation) as ``NOT VALID``, then validate it; the field's state becomes
-    ``db_constraint=True``."""
+class _FieldOperation(Operation):
+    """An operation on one field, ``model_name.name``, that changes the field's state."""
 
     reversible = True
 
@@ -74,8 +72,20 @@ class AddForeignKey(Operation):
     def state_forwards(self, app_label, state):  # type: ignore[no-untyped-def]
         model_state = state.models[app_label, self.model_name.lower()]
         field = model_state.fields[self.name].clone()
-        field.db_constraint = True
+        self.change_field(field)
         state.alter_field(app_label, self.model_name.lower(), self.name, field, True)
+
+    def change_field(self, field: Any) -> None:
+        raise NotImplementedError
+
+
+class AddForeignKey(_FieldOperation):
+    """Create the FOREIGN KEY constraint of ``model_name.name`` (declared ``db_constraint=False``
+    in an earlier operation) as ``NOT VALID``, then validate it; the field's state becomes
+    ``db_constraint=True``."""
+
+    def change_field(self, field: Any) -> None:
+        field.db_constraint = True
 
     def _names(self, schema_editor: Any, model: Any) -> tuple[Any, str, str]:
         field = model._meta.get_field(self.name)
@@ -121,25 +131,13 @@ class AddCheckConstraint(migrations.AddConstraint):
         run_ddl(schema_editor.connection, f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
 
 
-class SetNotNull(Operation):
+class SetNotNull(_FieldOperation):
     """Make ``model_name.name`` NOT NULL without a scan under ACCESS EXCLUSIVE: a ``CHECK (col IS
     NOT NULL) NOT VALID``, ``VALIDATE`` (no writer blocked), ``SET NOT NULL`` (PostgreSQL uses
     the valid check instead of scanning), then the check is dropped."""
 
-    reversible = True
-
-    def __init__(self, model_name: str, name: str) -> None:
-        self.model_name = model_name
-        self.name = name
-
-    def deconstruct(self):  # type: ignore[no-untyped-def]
-        return self.__class__.__qualname__, [], {"model_name": self.model_name, "name": self.name}
-
-    def state_forwards(self, app_label, state):  # type: ignore[no-untyped-def]
-        model_state = state.models[app_label, self.model_name.lower()]
-        field = model_state.fields[self.name].clone()
+    def change_field(self, field: Any) -> None:
         field.null = False
-        state.alter_field(app_label, self.model_name.lower(), self.name, field, True)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
         model = to_state.apps.get_model(app_label, self.model_name)
