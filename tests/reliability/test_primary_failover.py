@@ -103,7 +103,8 @@ def test_writes_resume_on_the_promoted_server_and_no_acknowledged_write_is_lost(
         load.run_phase("before", min_seconds=3, min_requests=200)
         started = time.monotonic()
         promoted: list[float] = []
-        failover = threading.Thread(target=lambda: (pair.promote(), promoted.append(time.monotonic())))
+        failover = threading.Thread(
+            target=lambda: (pair.promote(), promoted.append(time.monotonic())))
         failover.start()
         load.run_phase("failover", min_seconds=0, max_seconds=RESUME_WITHIN + 15,
                        until=lambda: bool(promoted) and acked[-1][0] > promoted[0])

@@ -157,7 +157,8 @@ def _run_tenants(server, hosts: dict, seconds: float, tasks: bool):
             with tenant_context(Tenant(pk=pk)):
                 result = invoice_numbers.delay()
             seen = result.get(timeout=60)[0]
-            if seen["tenant"] != pk or seen["numbers"] != sorted(f"T{pk}-{n}" for n in range(INVOICES)):
+            own = sorted(f"T{pk}-{n}" for n in range(INVOICES))
+            if seen["tenant"] != pk or seen["numbers"] != own:
                 violations.append(f"task for tenant {pk} saw {seen}")
             return type("R", (), {"status": 200, "seconds": 0.0, "body": {}, "kind": "task"})()
         if kind == "task":
@@ -248,8 +249,8 @@ def test_no_tenant_sees_or_writes_another_tenants_rows_through_pgbouncer(
         through = {alias: {"USER": app_role, "PASSWORD": "", "HOST": "127.0.0.1",
                            "PORT": str(bouncer.port), "CONN_MAX_AGE": 0}
                    for alias, bouncer in zip(("default", "replica"), bouncers)}
-        server = example_server(database_settings(**through), {"TENANCY": {"SIGNED_CONTEXT": False}},
-                                threads=8)
+        server = example_server(database_settings(**through),
+                                {"TENANCY": {"SIGNED_CONTEXT": False}}, threads=8)
         results, violations, acked = _run_tenants(server, tenants, seconds=10, tasks=False)
         _report("PgBouncer in transaction mode (2 server connections per server)", results,
                 violations)
