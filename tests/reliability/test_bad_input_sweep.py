@@ -101,7 +101,7 @@ def snapshot() -> tuple:
     return catalog, schemas, tuple(rows)
 
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica", "replica_b"])
+LIVE = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
 
 @pytest.fixture
@@ -109,6 +109,8 @@ def before(tenant_schemas):
     return snapshot()
 
 
+# In the test's transaction: a command that changed anything would show it in the snapshot.
+@pytest.mark.django_db(databases=["default", "replica", "replica_b"])
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_a_malformed_value_is_a_clear_error_and_changes_nothing(before, case):
     argv, names = case
@@ -132,6 +134,7 @@ def _manage(*argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@LIVE
 @pytest.mark.parametrize("argv, names", [
     (["tenancy", "status", "--tenant", SQLISH], "--tenant"),
     (["tenancy", "status", "--database", "nope"], "--database"),
@@ -149,3 +152,111 @@ def test_through_manage_py_the_error_is_one_line_and_the_exit_status_non_zero(
     assert "Traceback" not in done.stderr, done.stderr
     assert names in done.stderr, done.stderr
     assert snapshot() == before
+
+
+# ------------------------------------------------------------------ cookies and task headers
+
+COOKIE = "data_arch_wal"
+
+
+def _forged_cookies() -> dict[str, str]:
+    from django.core import signing
+
+    from data_arch.routing import dumps_token
+    from data_arch.routing.middleware import SALT
+
+    good = dumps_token({"default": "FFFFFFFF/FFFFFFFF"})
+    return {
+        "another key": signing.dumps({"default": "FFFFFFFF/FFFFFFFF"}, key="not-our-secret",
+                                     salt=SALT),
+        "another salt": signing.dumps({"default": "FFFFFFFF/FFFFFFFF"}, salt="something.else"),
+        "payload edited": good.replace(good.split(":")[0], signing.b64_encode(
+            b'{"default":"FFFFFFFF/FFFFFFFE"}').decode()),
+        "signature cut": good[:-3],
+        "a list, signed": signing.dumps(["FFFFFFFF/FFFFFFFF"], salt=SALT),
+        "a number, signed": dumps_token({"default": 5}),
+        "huge": "A" * 3000,
+        "latin-1 bytes": "\xfc\xe9:" + good,
+    }
+
+
+@pytest.fixture
+def replicated_customer(tenant_schemas, streaming_replica, wait_for_replica):
+    from django_tenants.utils import schema_context
+
+    from example_project.shop.models import Customer
+    from tests.reliability.conftest import tenant_hosts
+
+    host = tenant_hosts(["tenant_a"])["tenant_a"]
+    with schema_context("tenant_a"):
+        customer = Customer.objects.create(name="cookie buyer", email="c@example.com")
+    wait_for_replica()
+    yield host, customer.pk
+    with schema_context("tenant_a"):
+        Customer.objects.filter(pk=customer.pk).delete()
+
+
+@LIVE
+@pytest.mark.parametrize("kind", list(_forged_cookies()))
+def test_a_forged_read_your_writes_cookie_is_ignored_by_the_example_views(
+    replicated_customer, kind, caplog
+):
+    """A forged token claiming a position no replica has would pin the user to the primary;
+    refused, the read goes to the replica as if there were no cookie, and it is logged."""
+    import logging
+
+    from django.test import Client
+
+    from data_arch.routing import reset_health
+
+    host, pk = replicated_customer
+    reset_health()
+    client = Client()
+    client.cookies[COOKIE] = _forged_cookies()[kind]
+    with caplog.at_level(logging.WARNING, logger="data_arch.routing"):
+        response = client.get(f"/api/customers/{pk}", HTTP_HOST=host)
+    assert response.status_code == 200
+    assert response.json()["db"] == "replica"
+    assert "ignored an invalid WAL token" in caplog.text
+
+
+@LIVE
+@pytest.mark.slow
+@pytest.mark.parametrize("header", [
+    {"pk": 999_999, "schema_name": "tenant_a"},      # no such tenant
+    {"pk": "1 OR 1=1", "schema_name": "tenant_a"},   # not an id
+    {"pk": None, "schema_name": "pg_catalog"},       # a system schema
+    {"pk": None, "schema_name": "tenant_a; SET ROLE postgres"},
+    "tenant_a",                                      # not a header the client sends
+], ids=["unknown pk", "sql-ish pk", "system schema", "sql-ish schema", "a string"])
+def test_a_forged_tenant_task_header_is_refused_by_the_worker(
+    tenant_schemas, celery_worker, header
+):
+    from data_arch.tenancy.celery import HEADER
+    from example_project.billing.tasks import invoice_numbers
+
+    result = invoice_numbers.apply_async(headers={HEADER: header})
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=60)
+    assert type(raised.value).__name__ == "InvalidTenantError", raised.value
+
+
+@LIVE
+@pytest.mark.slow
+@pytest.mark.parametrize("header", [
+    "garbage", {"default": "FFFFFFFF"}, {"default": 5}, ["0/1"], {"default": "0/1" * 5000},
+], ids=["string", "no slash", "a number", "a list", "huge"])
+def test_a_malformed_wal_task_header_is_ignored_and_the_task_still_reads(
+    replicated_customer, celery_worker, header
+):
+    from django.contrib.auth.models import User
+
+    from data_arch.routing.celery import HEADER
+    from example_project.shop.tasks import find_user
+
+    User.objects.get_or_create(username="header-check")
+    from data_arch.testing.pytest_plugin import replica_caught_up
+
+    replica_caught_up()
+    result = find_user.apply_async(("header-check",), headers={HEADER: header})
+    assert result.get(timeout=60) == {"found": True, "db": "replica"}
