@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -145,5 +146,6 @@ def get_backfill(name: str) -> Backfill:
         return available[name]
     except KeyError:
         raise BackfillError(
-            f"unknown backfill {name!r}; registered: {', '.join(map(repr, available)) or 'none'}"
+            f"unknown backfill {reprlib.repr(name)}; registered: "
+            f"{', '.join(map(repr, available)) or 'none'}"
         ) from None

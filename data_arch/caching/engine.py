@@ -184,7 +184,8 @@ class CacheAside:
         )
         self._directory = spool_directory(settings.spool_dir, self._location(), settings.prefix)
         self._pending = Pending(self._directory, settings.pending_max)
-        self._flushing = False
+        # Held while queued invalidations are being delivered (by one thread at a time).
+        self._flush_lock = threading.Lock()
         self._next_spool_check = 0.0
         self._key_prefix = "{" + safe_part(settings.prefix) + ":"
         self._l1 = (
@@ -369,8 +370,16 @@ class CacheAside:
             epoch = l1.epoch
         if _monotonic() >= self._next_spool_check:
             self._replay_spooled()
+        queued = not self._settled()
         try:
             raw = self._call(spec.name, "reading", self._mget, [*keys.generations, keys.value])
+            if queued:
+                # Invalidations queued while Redis was unreachable went out after this read
+                # (a Redis back from a snapshot still holds what they invalidate): read again
+                # once they have all arrived, else do without Redis.
+                if not self._settled():
+                    raise _RedisDown
+                raw = self._call(spec.name, "reading", self._mget, [*keys.generations, keys.value])
         except _RedisDown:
             return self._run_loader(spec, loader)[0]
         blob = raw[-1]
@@ -801,10 +810,17 @@ class CacheAside:
         )
         metrics.record("invalidation", self.alias, "key")
 
+    @property
+    def _flushing(self) -> bool:
+        return self._flush_lock.locked()
+
+    def _settled(self) -> bool:
+        """Nothing queued for Redis and no delivery under way."""
+        return not self._pending and not self._flush_lock.locked()
+
     def _flush_pending(self, force: bool = False) -> bool:
-        if self._flushing:
+        if not self._flush_lock.acquire(blocking=False):
             return False
-        self._flushing = True
         try:
             items = self._pending.drain()
             if not items:
@@ -818,7 +834,7 @@ class CacheAside:
                 return True
             return False
         finally:
-            self._flushing = False
+            self._flush_lock.release()
 
     def _replay_spooled(self) -> None:
         """Replay what other processes (a writer that exited, a killed worker) spooled."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import reprlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -98,7 +99,7 @@ def select(names: Iterable[str] | None = None) -> dict[str, Callable[[], Any]]:
     unknown = [name for name in names if name not in available]
     if unknown:
         raise WarmerError(
-            f"unknown warmer(s) {', '.join(map(repr, unknown))}; registered: "
+            f"unknown warmer(s) {', '.join(map(reprlib.repr, unknown))}; registered: "
             f"{', '.join(map(repr, available)) or 'none'}"
         )
     return {name: available[name] for name in names}

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from data_arch.tenancy import InvalidTenantError, iter_tenants, resolve_tenant_by, tenant_context
+
+
+def database_alias(value: str, option: str = "--database") -> str:
+    """``value`` when it is a configured database alias, else a CommandError naming them."""
+    if value not in connections:
+        known = ", ".join(sorted(connections.settings))
+        raise CommandError(f"{option}: unknown alias {reprlib.repr(value)} (configured: {known})")
+    return value
 
 
 class TenantCommand(BaseCommand):
@@ -25,7 +35,7 @@ class TenantCommand(BaseCommand):
 
     def tenants(self, options: dict[str, Any]) -> list[Any] | None:
         """The tenants to run for; None means 'no tenant' (shared/public data)."""
-        if options.get("tenant"):
+        if options.get("tenant") is not None:
             try:
                 return [resolve_tenant_by(options["tenant"])]
             except InvalidTenantError as exc:

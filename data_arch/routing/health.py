@@ -71,6 +71,12 @@ _hosts: dict[str, _Host] = {}
 _samples: dict[str, collections.deque[tuple[float, int]]] = {}
 
 
+#: Why a replica alias that reached a primary is skipped (E303 and the error log look for it).
+NOT_A_STANDBY = (
+    "is not a standby (pg_is_in_recovery() is false): it was promoted or the alias points at a "
+    "primary; reads there could miss nothing but writes would diverge"
+)
+
 def reset_health() -> None:
     """Forget every probe result (tests; after changing DATABASES)."""
     with _lock:
@@ -178,8 +184,7 @@ def _measure(alias: str, primary: str, config: Any, params: tuple[dict, dict]) -
         if not in_recovery:
             return ReplicaHealth(
                 alias, False,
-                "is not a standby (pg_is_in_recovery() is false): it was promoted or the alias "
-                "points at a primary; reads there could miss nothing but writes would diverge",
+                NOT_A_STANDBY,
                 checked_at=time.monotonic(),
             )
         replay_lsn = parse_lsn(replay) if replay else None

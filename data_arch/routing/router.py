@@ -106,7 +106,7 @@ def _usable(alias: str) -> bool:
         options["connect_timeout"] = router_config().probe_timeout
     if connection.connection is not None:
         if connection.connection.info.dbname == connection.settings_dict["NAME"]:
-            return True
+            return _standby(alias, connection)
         # Opened before NAME changed (the test runner points mirrors at the test database).
         _close(connection)
     with _connecting_lock:
@@ -132,7 +132,25 @@ def _usable(alias: str) -> bool:
             with _connecting_lock:
                 _connecting.pop(alias, None)
             in_flight.set()
-    return True
+    return _standby(alias, connection)
+
+
+def _standby(alias: str, connection: Any) -> bool:
+    """False (and the replica marked unhealthy) when the server says it is not a standby.
+
+    PostgreSQL reports ``in_hot_standby`` to every client, at connect and when it changes: a
+    multi-host replica alias (``prefer-standby``) that reached a promoted or former primary is
+    seen before its first read, not at the next probe. Unreported (a pooler in between): trusted.
+    """
+    try:
+        in_hot_standby = connection.connection.info.parameter_status("in_hot_standby")
+    except Exception:  # noqa: BLE001 -- another driver: the probes decide
+        return True
+    if in_hot_standby != "off":
+        return True
+    health.mark_unhealthy(alias, health.NOT_A_STANDBY)
+    _close(connection)
+    return False
 
 
 def _healthy(rset: RouterSet, exclude: set[str]) -> list[str]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 
 from data_arch.tenancy.context import InvalidTenantError, UnknownTenantError, validate_schema_name
-
 
 #: The name of the tenant foreign key on every row-level model (column ``tenant_id``).
 TENANT_FIELD = "tenant"
@@ -114,7 +114,9 @@ def resolve_tenant_by(value: str) -> Any:
 
     field_name = tenancy_settings().lookup_field
     if not isinstance(value, str) or not value or len(value) > 255:
-        raise InvalidTenantError(f"tenant reference must be 1-255 characters, got {value!r}")
+        raise InvalidTenantError(
+            f"tenant reference must be 1-255 characters, got {reprlib.repr(value)}"
+        )
     if field_name == "schema_name":
         validate_schema_name(value)
     model = tenant_model()

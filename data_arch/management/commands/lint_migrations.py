@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from typing import Any
 
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from data_arch.backfills.lint import lint
+from data_arch.management.base import database_alias
 
 
 class Command(BaseCommand):
@@ -27,7 +29,9 @@ class Command(BaseCommand):
             try:
                 apps.get_app_config(label)
             except LookupError:
-                raise CommandError(f"app_label: no installed app {label!r}") from None
+                raise CommandError(f"app_label: no installed app {reprlib.repr(label)}") from None
+        if options["pending"] is not None:
+            database_alias(options["pending"], "--pending")
         hazards = lint(labels, pending_on=options["pending"])
         if options["format"] == "json":
             self.stdout.write(json.dumps([dataclasses.asdict(h) for h in hazards], indent=2))

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from data_arch.management.base import TenantCommand
+from data_arch.management.base import TenantCommand, database_alias
 from data_arch.tenancy.status import as_dict, table_status
 
 
@@ -20,6 +20,7 @@ class Command(TenantCommand):
         parser.add_argument("--format", choices=["table", "json"], default="table")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        database_alias(options["database"])
         reports = self.for_each_tenant(
             options,
             lambda tenant: {
