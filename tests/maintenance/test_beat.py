@@ -17,10 +17,7 @@ from data_arch.testing.pytest_plugin import (
     stop_celery_worker,
 )
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
 SETTINGS = "tests.maintenance.beat_settings"
 HEALTH_INTERVAL, WARM_INTERVAL = 3, 10  # as in beat_settings
@@ -74,6 +71,35 @@ def _row_tenants(count: int, prefix: str) -> list[str]:
     return [c.schema_name for c in clients]
 
 
+def test_the_database_scheduler_copies_the_entries_and_the_admin_lists_them():
+    import json
+
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    from data_arch.celery import beat_schedule
+    from example_project.celery import app
+
+    DatabaseScheduler(app=app)  # what `celery beat -S ...DatabaseScheduler` does at start-up
+    entries = beat_schedule()
+    rows = {row.name: row for row in PeriodicTask.objects.filter(name__in=entries)}
+    assert set(rows) == set(entries)
+    for name, entry in entries.items():
+        assert rows[name].task == entry["task"]
+        assert json.loads(rows[name].kwargs) == entry["kwargs"]
+        assert rows[name].interval.every == int(entry["schedule"])
+        assert json.loads(rows[name].kwargs)["scheduled"] is True
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    page = client.get("/admin/django_celery_beat/periodictask/")
+    assert page.status_code == 200
+    for name in entries:
+        assert name in page.content.decode()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_two_beats_at_once_do_each_scheduled_run_once(request, beat_worker, tmp_path, scheduler):
     from example_project.customers.models import Client
