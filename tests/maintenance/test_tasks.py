@@ -204,3 +204,25 @@ def test_the_hourly_sweep_reports_a_tenant_schema_missing_a_tenant_table():
         with connections["default"].cursor() as cursor:
             cursor.execute("DROP SCHEMA half_made CASCADE")
         client.delete()
+
+
+@pytest.mark.slow
+def test_redis_hung_for_seconds_is_retried_until_it_is_back(celery_worker, data_arch_services):
+    redis = data_arch_services.redis
+    if redis is None or redis.process is None:
+        pytest.skip("needs a Redis the harness started")
+    # Held by the worker until it is due (an ETA task), it starts while Redis -- the leases'
+    # store, the broker and the result backend -- hangs (SIGSTOP): the lease times out, the
+    # task is retried, and the retry runs once Redis answers again.
+    result = maintain_partitions.apply_async(countdown=2)
+    time.sleep(1)
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4)
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and "skipped" not in summary, summary
+    runs = MaintenanceRun.objects.filter(job="partitions", task_id=result.id)
+    assert list(runs.values_list("outcome", flat=True)) == ["ok"]
+    assert result.backend.client.get(f"celery-task-meta-{result.id}")  # stored, not lost
