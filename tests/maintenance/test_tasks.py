@@ -87,6 +87,28 @@ def test_a_second_run_while_one_holds_the_lease_is_skipped_at_once(celery_worker
     assert maintain_partitions.delay().get(timeout=WAIT).get("skipped") is None  # free again
 
 
+def test_a_task_sent_in_a_tenant_context_runs_in_that_tenant(
+    celery_worker, probe, tenant_schemas
+):
+    from example_project.customers.models import Client
+
+    from data_arch.tenancy import tenant_context
+
+    for schema in tenant_schemas:
+        with tenant_context(Client.objects.get(schema_name=schema)):
+            warmed = warm_caches.delay(warmers=["probe_warmer"])
+            maintained = maintain_partitions.delay()
+        assert warmed.get(timeout=WAIT)["tenant"] == schema
+        summary = maintained.get(timeout=WAIT)
+        assert summary["ok"] and summary["tenant"] == schema, summary
+        assert all(action.startswith(f"{schema}.") for action in summary["actions"]), summary
+        assert {run.tenant for run in MaintenanceRun.objects.filter(
+            task_id__in=[warmed.id, maintained.id])} == {schema}
+    # The warmer ran in each tenant's context, in the worker.
+    started = [entry.decode().split(":", 1)[1] for entry in probe.lrange(f"{KEY}:started", 0, -1)]
+    assert started == list(tenant_schemas)
+
+
 def test_bad_input_is_a_failure_result_naming_it(celery_worker):
     unknown = maintain_partitions.delay(tenant="no_such_tenant").get(timeout=WAIT)
     assert unknown["ok"] is False and "no_such_tenant" in unknown["error"]
@@ -128,30 +150,37 @@ def test_all_tenants_fan_out_under_a_cap_and_one_broken_tenant_stops_no_other(
 ):
     from example_project.customers.models import Client
 
-    keys = _row_tenants(60, "capped")
+    keys = _row_tenants(200, "capped")  # tiny tenants: rows of the tenant table, no schema
     try:
-        probe.set(f"{KEY}:sleep", 0.1)
+        probe.set(f"{KEY}:sleep", 0.05)
         probe.set(f"{KEY}:broken", keys[7])
+        started = time.monotonic()
         fanned = warm_caches.delay(all_tenants=True, warmers=["probe_warmer"]).get(timeout=WAIT)
-        assert fanned["fanned_out"] >= 60
-        deadline = time.monotonic() + 120
+        enqueued = time.monotonic() - started
+        assert fanned["fanned_out"] >= 200
+        deadline = time.monotonic() + 600
         runs = MaintenanceRun.objects.filter(job="warm_caches", tenant__in=keys)
         while runs.exclude(outcome="running").count() < len(keys):
             assert time.monotonic() < deadline, runs.exclude(outcome="running").count()
-            time.sleep(0.2)
+            time.sleep(0.5)
+        total = time.monotonic() - started
         spans = sorted(runs.values_list("started_at", "finished_at"))
         events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
         in_flight = peak = 0
         for _, step in events:
             in_flight += step
             peak = max(peak, in_flight)
-        print(f"fan-out: {len(keys)} tenants, at most {peak} in flight (cap 4)")
+        busy = sum((f - s).total_seconds() for s, f in spans)
+        print(f"fan-out: {len(keys)} tenants enqueued in {enqueued:.2f} s, all maintained in "
+              f"{total:.1f} s ({busy:.1f} s of tenant work), at most {peak} in flight (cap 4)")
         assert peak <= 4
         assert peak >= 2, "never more than one at a time: the cap was not exercised"
         failed = list(runs.filter(outcome="failed").values_list("tenant", "error"))
         assert failed == [(keys[7], f"RuntimeError: probe_warmer: RuntimeError: warmer broken for "
                                     f"{keys[7]}")]
         assert runs.filter(outcome="ok").count() == len(keys) - 1
+        assert runs.count() == len(keys)  # each tenant once
+        assert probe.llen(f"{KEY}:finished") == len(keys) - 1
     finally:
         Client.objects.filter(schema_name__in=keys).delete()
 
