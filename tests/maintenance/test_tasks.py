@@ -144,6 +144,52 @@ def test_a_worker_killed_mid_run_leaves_the_task_to_be_delivered_again(prefork_w
     assert sorted(runs.values_list("outcome", flat=True)) == ["ok", "running"]
 
 
+def _drop_month_partitions(table: str) -> int:
+    """Leave ``table`` with its default partition only: its months are pending again."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s "
+            "AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'", [table]
+        )
+        names = [name for (name,) in cursor.fetchall()]
+        for name in names:
+            cursor.execute(f'DROP TABLE "{name}"')
+    return len(names)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_maintenance_leaves_it_to_be_finished_once(prefork_worker):
+    from django.db import transaction
+
+    from data_arch.partitioning import plan
+
+    maintain_partitions.apply_async(queue="maintenance_tests").get(timeout=WAIT)  # all in place
+    _drop_month_partitions("audit_auditentry")
+    pending = [a for t in plan().tables for a in t.actions]
+    assert pending and {a.kind for a in pending} == {"create"}
+    with transaction.atomic(using="default"):
+        with connections["default"].cursor() as cursor:
+            # Planning reads the table; attaching a partition waits for this lock (lock_timeout,
+            # then retries).
+            cursor.execute("LOCK TABLE audit_auditentry IN SHARE UPDATE EXCLUSIVE MODE")
+        result = maintain_partitions.apply_async(queue="maintenance_tests")
+        runs = MaintenanceRun.objects.filter(job="partitions", task_id=result.id)
+        deadline = time.monotonic() + WAIT
+        while not runs.exists():
+            assert time.monotonic() < deadline, "the maintenance never started"
+            time.sleep(0.05)
+        # The pool child running it, from its run record (host:pid), killed mid-run.
+        os.kill(int(runs.get().runner.rsplit(":", 1)[1]), signal.SIGKILL)
+        time.sleep(0.5)
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and summary["counts"]["failures"] == 0, summary
+    assert sorted(runs.values_list("outcome", flat=True)) == ["ok", "running"]
+    # The redelivered run did every pending step, once; nothing is left to do.
+    assert summary["counts"]["created"] == len(pending), (summary, pending)
+    assert not plan().pending
+
+
 @pytest.mark.slow
 def test_all_tenants_fan_out_under_a_cap_and_one_broken_tenant_stops_no_other(
     prefork_worker, probe
