@@ -3,6 +3,7 @@ DatabaseScheduler), a real worker and a real broker: each scheduled run happens 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ def _sends(folder, name: str, task: str) -> int:
 
 def _gaps(starts: list) -> list[float]:
     starts = sorted(starts)
-    return [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
 
 
 def _row_tenants(count: int, prefix: str) -> list[str]:

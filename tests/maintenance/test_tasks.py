@@ -90,9 +90,8 @@ def test_a_second_run_while_one_holds_the_lease_is_skipped_at_once(celery_worker
 def test_a_task_sent_in_a_tenant_context_runs_in_that_tenant(
     celery_worker, probe, tenant_schemas
 ):
-    from example_project.customers.models import Client
-
     from data_arch.tenancy import tenant_context
+    from example_project.customers.models import Client
 
     for schema in tenant_schemas:
         with tenant_context(Client.objects.get(schema_name=schema)):
