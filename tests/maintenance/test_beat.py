@@ -124,8 +124,9 @@ def test_two_beats_at_once_do_each_scheduled_run_once(request, beat_worker, tmp_
         time.sleep(0.5)
     time.sleep(2)  # tenant tasks fanned out last (jitter 0.2 s) have started and finished
 
-    health_sends = [_sends(tmp_path, name, "refresh_replica_health") for name in ("beat_a", "beat_b")]
-    warm_sends = [_sends(tmp_path, name, "warm_caches") for name in ("beat_a", "beat_b")]
+    beats = ("beat_a", "beat_b")
+    health_sends = [_sends(tmp_path, name, "refresh_replica_health") for name in beats]
+    warm_sends = [_sends(tmp_path, name, "warm_caches") for name in beats]
     health = list(MaintenanceRun.objects.filter(job="replica_health").values_list(
         "started_at", flat=True))
     fan_outs = list(MaintenanceRun.objects.filter(job="warm_caches.fan_out").values_list(
