@@ -3,7 +3,8 @@ partitioned tables (with plan and apply), replicas, cache namespaces and tenants
 
 The pages read the same library calls as the commands (``partitioning.status/plan/apply``,
 ``routing.health``, ``caching.invalidate_tenant``, ``maintenance.records``, ``backfills``);
-nothing is computed twice. Viewing needs the page's ``view`` permission, acting its ``change`` permission.
+nothing is computed twice. Viewing needs the page's ``view`` permission, acting its ``change``
+permission.
 """
 
 from __future__ import annotations
