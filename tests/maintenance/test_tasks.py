@@ -300,3 +300,38 @@ def test_redis_hung_for_seconds_is_retried_until_it_is_back(celery_worker, data_
     runs = MaintenanceRun.objects.filter(job="partitions", task_id=result.id)
     assert list(runs.values_list("outcome", flat=True)) == ["ok"]
     assert result.backend.client.get(f"celery-task-meta-{result.id}")  # stored, not lost
+
+
+@pytest.mark.slow
+def test_a_lease_held_by_a_process_killed_with_sigkill_lapses_and_the_job_runs(
+    request, celery_worker, redis_cache
+):
+    import subprocess
+    import sys
+
+    from data_arch.testing.pytest_plugin import celery_environ
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import django, time; django.setup()\n"
+         "from data_arch.maintenance import locks\n"
+         "with locks.lease('partitions:', 5) as held:\n"
+         "    print(held, flush=True); time.sleep(600)\n"],
+        env=celery_environ(request.config), cwd=str(request.config.rootpath),
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert maintain_partitions.delay().get(timeout=WAIT)["skipped"] == "held"
+        holder.kill()  # dies holding it: nobody renews it now
+        holder.wait(10)
+        key = "data_arch:maintenance:lease:partitions:"
+        assert 0 < get_redis_connection("default").pttl(key) <= 5000
+        deadline = time.monotonic() + WAIT
+        while (summary := maintain_partitions.delay().get(timeout=WAIT)).get("skipped"):
+            assert time.monotonic() < deadline, summary
+            time.sleep(0.5)
+        assert summary["ok"], summary
+    finally:
+        holder.kill()
+        holder.wait(10)
