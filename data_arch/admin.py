@@ -1,9 +1,10 @@
-"""data_arch's admin section: maintenance runs, partitioned tables (with plan and apply),
-replicas, cache namespaces and tenants.
+"""data_arch's admin section: maintenance runs, backfills (progress, pause/resume/cancel),
+partitioned tables (with plan and apply), replicas, cache namespaces and tenants.
 
 The pages read the same library calls as the commands (``partitioning.status/plan/apply``,
-``routing.health``, ``caching.invalidate_tenant``, ``maintenance.records``); nothing is computed
-twice. Viewing needs the page's ``view`` permission, acting its ``change`` permission.
+``routing.health``, ``caching.invalidate_tenant``, ``maintenance.records``, ``backfills``);
+nothing is computed twice. Viewing needs the page's ``view`` permission, acting its ``change``
+permission.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from data_arch.models import (
+    BackfillCursor,
     CacheNamespace,
     MaintenanceRun,
     PartitionedTable,
@@ -46,6 +48,89 @@ class MaintenanceRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: Any, obj: Any = None) -> bool:
         return False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+@admin.register(BackfillCursor)
+class BackfillAdmin(admin.ModelAdmin):
+    """One row per backfill, tenant and partition: its progress as ``backfill status`` shows
+    it, with the command's pause, resume and cancel as actions (``change`` permission)."""
+
+    list_display = ("name", "tenant", "partition", "state", "percent", "rows_done",
+                    "rows_estimated", "rate", "eta", "batches", "batch_size", "lock_timeouts",
+                    "throttled", "max_lag", "updated_at")
+    list_filter = ("state", "name")
+    search_fields = ("name", "tenant", "partition", "error")
+    readonly_fields = tuple(f.name for f in BackfillCursor._meta.fields)
+    actions = ("pause", "resume", "cancel")
+
+    @admin.display(description="done")
+    def percent(self, row: BackfillCursor) -> str:
+        from data_arch.backfills.runner import Progress
+
+        value = Progress.of(row).percent
+        return "-" if value is None else f"{value:.1f}%"
+
+    @admin.display(description="rows/s")
+    def rate(self, row: BackfillCursor) -> str:
+        return "-" if row.rate is None else f"{row.rate:,.0f}"
+
+    @admin.display(description="ETA")
+    def eta(self, row: BackfillCursor) -> str:
+        return _duration(row.eta_seconds)
+
+    @admin.display(description="throttled")
+    def throttled(self, row: BackfillCursor) -> str:
+        return _duration(row.throttled_seconds)
+
+    @admin.display(description="max replica lag")
+    def max_lag(self, row: BackfillCursor) -> str:
+        return f"{row.max_lag_bytes / 1024 / 1024:.1f} MiB"
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False  # deleting a cursor would start the backfill over: `backfill run --restart`
+
+    def _act(self, request: Any, queryset: Any, call: Any, verb: str) -> None:
+        from data_arch.backfills import BackfillError
+
+        pairs = sorted(set(queryset.values_list("name", "tenant")))
+        changed = 0
+        for name, tenant in pairs:
+            try:
+                changed += call(name, tenant)
+            except BackfillError as exc:  # e.g. a backfill no longer registered
+                self.message_user(request, str(exc), messages.ERROR)
+        self.message_user(request, f"{verb} {changed} cursor(s) of "
+                          f"{', '.join(f'{n} @ {t}' if t else n for n, t in pairs)}.",
+                          messages.SUCCESS if changed else messages.WARNING)
+
+    @admin.action(description="Pause the selected backfills (a running batch finishes)",
+                  permissions=["change"])
+    def pause(self, request: Any, queryset: Any) -> None:
+        from data_arch.backfills import runner
+
+        self._act(request, queryset, runner.pause, "Paused")
+
+    @admin.action(description="Resume the selected backfills", permissions=["change"])
+    def resume(self, request: Any, queryset: Any) -> None:
+        from data_arch.backfills import runner
+
+        self._act(request, queryset, runner.resume, "Resumed")
+
+    @admin.action(description="Cancel the selected backfills", permissions=["change"])
+    def cancel(self, request: Any, queryset: Any) -> None:
+        from data_arch.backfills import runner
+
+        self._act(request, queryset, runner.cancel, "Cancelled")
 
 
 class _PageAdmin(admin.ModelAdmin):

@@ -522,6 +522,15 @@ class CelerySettings:
     def stale_seconds(self, interval: float) -> float:
         return self.stale_after if self.stale_after is not None else 2 * interval
 
+    def intervals(self) -> dict[str, float]:
+        """job name -> seconds between its scheduled runs, for the jobs beat schedules."""
+        jobs = {"partitions": self.partitions_interval}
+        if self.warm_interval is not None:
+            jobs["warm_caches"] = self.warm_interval
+        if self.health_interval is not None:
+            jobs["replica_health"] = self.health_interval
+        return jobs
+
 
 def _module_paths(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):

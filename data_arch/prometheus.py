@@ -6,13 +6,15 @@ Installed by :func:`data_arch.wiring.install` when ``prometheus_client`` is impo
 * events, counted in every process: cache events and load times (:mod:`data_arch.caching`),
   router decisions by alias and reason, health probes by outcome, reads retried elsewhere;
 * state, computed at scrape time by :class:`StateCollector` and cached for
-  ``METRICS.CACHE_SECONDS``, so a scrape costs at most four cheap queries however many tenant
+  ``METRICS.CACHE_SECONDS``, so a scrape costs a handful of cheap queries however many tenant
   schemas there are: replica health and lag (this process's verdicts), partitions per table,
   months covered ahead (the fewest over all schemas), rows in default partitions (summed, each
   counted up to 100,001), pending detaches, index drift, maintenance runs (last success, last duration,
-  failures in the last 24 hours, last duration); and data_arch's Celery task runs by outcome.
+  failures in the last 24 hours, last duration), backfill progress (cursors by state, rows done
+  and estimated, rate, ETA; one aggregate query); and data_arch's Celery task runs by outcome.
 
-Labels are bounded: aliases, table names, job names, fixed reasons -- never a tenant or a key.
+Labels are bounded: aliases, table names, job and backfill names, fixed reasons and states --
+never a tenant or a key.
 Under several processes (gunicorn, Celery) set ``PROMETHEUS_MULTIPROC_DIR`` and route
 ``/metrics`` to :func:`metrics_view`, which merges every process's counters and adds the state.
 """
@@ -109,6 +111,7 @@ class StateCollector:
         yield from self._replicas()
         yield from self._partitions()
         yield from self._maintenance()
+        yield from self._backfills()
 
     def _replicas(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -262,6 +265,58 @@ class StateCollector:
             duration.add_metric([job], seconds)
         yield from (last, failures, duration)
 
+
+    def _backfills(self) -> Iterator[Any]:
+        """Backfill progress per backfill (summed over its tenants and partitions): one
+        aggregate query of the cursors."""
+        from django.db import DatabaseError, connections
+        from django.db.models import Count, Sum
+        from prometheus_client.core import GaugeMetricFamily
+
+        from data_arch.models import BackfillCursor
+
+        try:
+            rows = list(
+                BackfillCursor.objects.using("default").values("name", "state").annotate(
+                    cursors=Count("id"), done=Sum("rows_done"), estimated=Sum("rows_estimated"),
+                    seconds=Sum("seconds"),
+                ).order_by("name", "state")
+            )
+        except DatabaseError:
+            connections["default"].close()
+            return  # not migrated yet
+        cursors = GaugeMetricFamily("data_arch_backfill_cursors",
+                                    "Cursors (tenant x partition) of the backfill by state.",
+                                    labels=["backfill", "state"])
+        done = GaugeMetricFamily("data_arch_backfill_rows_done",
+                                 "Rows the backfill has processed.", labels=["backfill"])
+        estimated = GaugeMetricFamily("data_arch_backfill_rows_estimated",
+                                      "Rows the backfill was estimated to process.",
+                                      labels=["backfill"])
+        rate = GaugeMetricFamily("data_arch_backfill_rows_per_second",
+                                 "Rows per second over the backfill's runs so far.",
+                                 labels=["backfill"])
+        eta = GaugeMetricFamily("data_arch_backfill_eta_seconds",
+                                "Estimated seconds of running left (unfinished backfills).",
+                                labels=["backfill"])
+        totals: dict[str, dict[str, float]] = {}
+        for row in rows:
+            cursors.add_metric([row["name"], row["state"]], row["cursors"])
+            total = totals.setdefault(row["name"], {"done": 0, "estimated": 0, "seconds": 0.0,
+                                                    "left": 0})
+            total["done"] += row["done"] or 0
+            total["estimated"] += row["estimated"] or 0
+            total["seconds"] += row["seconds"] or 0.0
+            if row["state"] not in ("done", "cancelled"):
+                total["left"] += max((row["estimated"] or 0) - (row["done"] or 0), 0)
+        for name, total in totals.items():
+            done.add_metric([name], total["done"])
+            estimated.add_metric([name], total["estimated"])
+            if total["seconds"] > 0 and total["done"] > 0:
+                per_second = total["done"] / total["seconds"]
+                rate.add_metric([name], per_second)
+                eta.add_metric([name], total["left"] / per_second)
+        yield from (cursors, done, estimated, rate, eta)
 
 def _count_tasks(client: Any, registry: Any) -> None:
     """``data_arch_task_runs_total{task, outcome}`` for data_arch's own Celery tasks."""

@@ -11,7 +11,13 @@ app.autodiscover_tasks(["data_arch.caching"])
 app.autodiscover_tasks(["data_arch.backfills"])
 app.autodiscover_tasks(["data_arch"])  # data_arch.tasks: maintenance, warming, replica health
 
-from data_arch.celery import beat_schedule  # noqa: E402 -- needs the settings module set above
 
-# data_arch's maintenance on a schedule (intervals from DATA_ARCH["CELERY"]), plus the project's.
-app.conf.beat_schedule = {**beat_schedule(), **(app.conf.beat_schedule or {})}
+@app.on_after_configure.connect
+def _data_arch_schedule(sender, **kwargs):
+    """data_arch's maintenance on a schedule (intervals from DATA_ARCH["CELERY"]), plus the
+    project's. Computed once Celery reads its configuration, not at import: a settings module
+    that imports this package (``from example_project.settings import *``) is not finished yet
+    when this module runs, and the schedule would miss its DATA_ARCH."""
+    from data_arch.celery import beat_schedule
+
+    sender.conf.beat_schedule = {**beat_schedule(), **(sender.conf.beat_schedule or {})}

@@ -52,6 +52,7 @@ SHARED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.admin",
     "django_prometheus",
+    "django_celery_beat",  # beat's DatabaseScheduler: the admin lists data_arch's entries
     "data_arch",
     "example_project.audit",
 ]
@@ -138,6 +139,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat keeps its schedule in the database (django-celery-beat): data_arch's entries are copied
+# there at start-up and shown in the admin (Periodic tasks).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 DATA_ARCH = {
     "ROUTER": {"PRIMARY": "default", "REPLICAS": ["replica"]},

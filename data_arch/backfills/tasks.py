@@ -3,18 +3,29 @@
 Add ``app.autodiscover_tasks(["data_arch.backfills"])`` to the project's Celery app. A run stops
 when it is paused or cancelled; send the task again after ``resume``. Two workers given the same
 backfill never apply a batch twice: each batch locks the cursor row and checks its position.
+
+The task is ``acks_late`` with ``reject_on_worker_lost``: a worker killed mid-run leaves the
+message to be delivered again, and the redelivered run continues from the cursor (the batch in
+flight rolled back with the dead connection). It is retried with backoff when the database is
+unreachable; a batch that raises is not retried (the run stops at it, ``BackfillFailed``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 from data_arch.extras import require
 
 shared_task = require("celery", "data_arch.backfills.tasks").shared_task
 
 
-@shared_task(name="data_arch.backfills.run", ignore_result=False)
+@shared_task(
+    name="data_arch.backfills.run", ignore_result=False, acks_late=True,
+    reject_on_worker_lost=True, autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=1, retry_backoff_max=60, retry_jitter=True, max_retries=8,
+)
 def run_backfill(
     name: str, tenant: str | None = None, all_tenants: bool = False, restart: bool = False
 ) -> list[dict[str, Any]]:

@@ -13,13 +13,7 @@ from django.utils import timezone
 def _intervals() -> dict[str, float]:
     from data_arch import conf
 
-    config = conf.celery_settings()
-    jobs = {"partitions": config.partitions_interval}
-    if config.warm_interval is not None:
-        jobs["warm_caches"] = config.warm_interval
-    if config.health_interval is not None:
-        jobs["replica_health"] = config.health_interval
-    return jobs
+    return conf.celery_settings().intervals()
 
 
 def stale_jobs(using: str = "default", now: dt.datetime | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 logger = logging.getLogger("data_arch.maintenance")
 
-__all__ = ["Run", "last_success", "record_run"]
+__all__ = ["Run", "last_success", "record_run", "started_within"]
 
 
 @dataclasses.dataclass
@@ -86,3 +87,20 @@ def last_success(job: str, using: str | None = None) -> Any:
         .values_list("finished_at", flat=True)
         .first()
     )
+
+
+def started_within(
+    job: str, tenant: str, seconds: float, exclude_task_id: str = "", using: str | None = None
+) -> Any:
+    """The start time of a run of ``job`` for ``tenant`` that started in the last ``seconds``
+    (not counting runs of task ``exclude_task_id``: a task delivered again after its worker
+    died, or retried, is the same run), or None. A skipped run does not count."""
+    since = timezone.now() - dt.timedelta(seconds=seconds)
+    runs = (
+        _model().objects.using(using or _primary())
+        .filter(job=job, tenant=tenant, started_at__gte=since)
+        .exclude(outcome="skipped")
+    )
+    if exclude_task_id:
+        runs = runs.exclude(task_id=exclude_task_id)
+    return runs.order_by("-started_at").values_list("started_at", flat=True).first()

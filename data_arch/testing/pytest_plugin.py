@@ -123,27 +123,42 @@ def _url_with_database(url: str, name: str) -> str:
     return urlsplit(url)._replace(path="/" + name).geturl()
 
 
-def start_celery_worker(
-    config: pytest.Config, *args: str, name: str = "data-arch-test"
-) -> subprocess.Popen:
-    """Start a real ``celery worker`` on the test database and wait until it is ready.
-
-    ``args`` replace the default pool options (``--pool=solo --concurrency=1``), e.g.
-    ``"--pool=prefork", "--concurrency=8"``. Stop it with :func:`stop_celery_worker`.
-    """
+def celery_environ(config: pytest.Config, settings_module: str | None = None) -> dict[str, str]:
+    """The environment of a Celery process (worker or beat) on the test database:
+    ``settings_module`` or the tests' own settings."""
     from django.conf import settings
     from django.db import connections
 
-    app = config.getini("data_arch_celery_app") or os.environ.get("CELERY_APP")
-    if not app:
-        raise pytest.UsageError("set the ini option data_arch_celery_app to your Celery app")
     env = dict(os.environ)
     test_name = connections["default"].settings_dict["NAME"]
     env["DATABASE_URL"] = _url_with_database(os.environ["DATABASE_URL"], test_name)
     if os.environ.get("REPLICA_URL"):
         env["REPLICA_URL"] = _url_with_database(os.environ["REPLICA_URL"], test_name)
-    env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+    env["DJANGO_SETTINGS_MODULE"] = settings_module or settings.SETTINGS_MODULE
     env["PYTHONPATH"] = os.pathsep.join([str(config.rootpath), env.get("PYTHONPATH", "")])
+    return env
+
+
+def celery_app_name(config: pytest.Config) -> str:
+    """The -A argument of the Celery processes the fixtures start."""
+    app = config.getini("data_arch_celery_app") or os.environ.get("CELERY_APP")
+    if not app:
+        raise pytest.UsageError("set the ini option data_arch_celery_app to your Celery app")
+    return app
+
+
+def start_celery_worker(
+    config: pytest.Config, *args: str, name: str = "data-arch-test",
+    settings_module: str | None = None,
+) -> subprocess.Popen:
+    """Start a real ``celery worker`` on the test database and wait until it is ready.
+
+    ``args`` replace the default pool options (``--pool=solo --concurrency=1``), e.g.
+    ``"--pool=prefork", "--concurrency=8"``; ``settings_module`` replaces the tests' settings.
+    Stop it with :func:`stop_celery_worker`.
+    """
+    app = celery_app_name(config)
+    env = celery_environ(config, settings_module)
     hostname = f"{name}-{os.getpid()}@%h"
     process = subprocess.Popen(
         [

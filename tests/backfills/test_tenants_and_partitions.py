@@ -1,5 +1,7 @@
 """Backfills per tenant (the example project's) and per partition, and the Celery task."""
 
+import time
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -94,3 +96,33 @@ def test_the_celery_task_runs_a_tenant_backfill_on_a_real_worker(customers, cele
     assert progress["rows_done"] == 300
     assert domains("tenant_b") == {"tenant_b.example"}
     assert domains("tenant_a") == {None}
+
+
+def _migrate_enqueue(schema: str, enqueue: bool) -> None:
+    """What ``migrate_schemas`` does with the example's 0002 in ``schema``: run the operation."""
+    from data_arch.backfills.operations import EnqueueBackfill
+
+    operation = EnqueueBackfill("shop.customer_email_domain", enqueue=enqueue)
+    with schema_context(schema), connections["default"].schema_editor() as editor:
+        operation.database_forwards("shop", editor, None, None)
+
+
+def test_the_migration_operation_marks_the_backfill_pending_and_changes_no_row(customers):
+    for schema in customers:
+        _migrate_enqueue(schema, enqueue=False)
+    rows = BackfillCursor.objects.using("default").filter(name="shop.customer_email_domain")
+    assert sorted(rows.values_list("tenant", "state")) == [(s, State.PENDING) for s in customers]
+    assert all(domains(schema) == {None} for schema in customers)  # queued, not run inline
+
+
+@pytest.mark.slow
+def test_the_migration_operation_with_enqueue_sends_the_task_after_commit(customers, celery_worker):
+    _migrate_enqueue("tenant_a", enqueue=True)
+    rows = BackfillCursor.objects.using("default").filter(name="shop.customer_email_domain",
+                                                         tenant="tenant_a")
+    deadline = time.monotonic() + 60
+    while not rows.filter(state=State.DONE).exists():
+        assert time.monotonic() < deadline, list(rows.values_list("state", "error"))
+        time.sleep(0.2)
+    assert domains("tenant_a") == {"tenant_a.example"}
+    assert domains("tenant_b") == {None}  # another tenant's migration did not run it here

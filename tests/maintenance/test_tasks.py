@@ -87,6 +87,27 @@ def test_a_second_run_while_one_holds_the_lease_is_skipped_at_once(celery_worker
     assert maintain_partitions.delay().get(timeout=WAIT).get("skipped") is None  # free again
 
 
+def test_a_task_sent_in_a_tenant_context_runs_in_that_tenant(
+    celery_worker, probe, tenant_schemas
+):
+    from data_arch.tenancy import tenant_context
+    from example_project.customers.models import Client
+
+    for schema in tenant_schemas:
+        with tenant_context(Client.objects.get(schema_name=schema)):
+            warmed = warm_caches.delay(warmers=["probe_warmer"])
+            maintained = maintain_partitions.delay()
+        assert warmed.get(timeout=WAIT)["tenant"] == schema
+        summary = maintained.get(timeout=WAIT)
+        assert summary["ok"] and summary["tenant"] == schema, summary
+        assert all(action.startswith(f"{schema}.") for action in summary["actions"]), summary
+        assert {run.tenant for run in MaintenanceRun.objects.filter(
+            task_id__in=[warmed.id, maintained.id])} == {schema}
+    # The warmer ran in each tenant's context, in the worker.
+    started = [entry.decode().split(":", 1)[1] for entry in probe.lrange(f"{KEY}:started", 0, -1)]
+    assert started == list(tenant_schemas)
+
+
 def test_bad_input_is_a_failure_result_naming_it(celery_worker):
     unknown = maintain_partitions.delay(tenant="no_such_tenant").get(timeout=WAIT)
     assert unknown["ok"] is False and "no_such_tenant" in unknown["error"]
@@ -122,36 +143,89 @@ def test_a_worker_killed_mid_run_leaves_the_task_to_be_delivered_again(prefork_w
     assert sorted(runs.values_list("outcome", flat=True)) == ["ok", "running"]
 
 
+def _drop_month_partitions(table: str) -> int:
+    """Leave ``table`` with its default partition only: its months are pending again."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s "
+            "AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'", [table]
+        )
+        names = [name for (name,) in cursor.fetchall()]
+        for name in names:
+            cursor.execute(f'DROP TABLE "{name}"')
+    return len(names)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_maintenance_leaves_it_to_be_finished_once(prefork_worker):
+    from django.db import transaction
+
+    from data_arch.partitioning import plan
+
+    maintain_partitions.apply_async(queue="maintenance_tests").get(timeout=WAIT)  # all in place
+    _drop_month_partitions("audit_auditentry")
+    pending = [a for t in plan().tables for a in t.actions]
+    assert pending and {a.kind for a in pending} == {"create"}
+    with transaction.atomic(using="default"):
+        with connections["default"].cursor() as cursor:
+            # Planning reads the table; attaching a partition waits for this lock (lock_timeout,
+            # then retries).
+            cursor.execute("LOCK TABLE audit_auditentry IN SHARE UPDATE EXCLUSIVE MODE")
+        result = maintain_partitions.apply_async(queue="maintenance_tests")
+        runs = MaintenanceRun.objects.filter(job="partitions", task_id=result.id)
+        deadline = time.monotonic() + WAIT
+        while not runs.exists():
+            assert time.monotonic() < deadline, "the maintenance never started"
+            time.sleep(0.05)
+        # The pool child running it, from its run record (host:pid), killed mid-run.
+        os.kill(int(runs.get().runner.rsplit(":", 1)[1]), signal.SIGKILL)
+        time.sleep(0.5)
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and summary["counts"]["failures"] == 0, summary
+    assert sorted(runs.values_list("outcome", flat=True)) == ["ok", "running"]
+    # The redelivered run did every pending step, once; nothing is left to do.
+    assert summary["counts"]["created"] == len(pending), (summary, pending)
+    assert not plan().pending
+
+
 @pytest.mark.slow
 def test_all_tenants_fan_out_under_a_cap_and_one_broken_tenant_stops_no_other(
     prefork_worker, probe
 ):
     from example_project.customers.models import Client
 
-    keys = _row_tenants(60, "capped")
+    keys = _row_tenants(200, "capped")  # tiny tenants: rows of the tenant table, no schema
     try:
-        probe.set(f"{KEY}:sleep", 0.1)
+        probe.set(f"{KEY}:sleep", 0.05)
         probe.set(f"{KEY}:broken", keys[7])
+        started = time.monotonic()
         fanned = warm_caches.delay(all_tenants=True, warmers=["probe_warmer"]).get(timeout=WAIT)
-        assert fanned["fanned_out"] >= 60
-        deadline = time.monotonic() + 120
+        enqueued = time.monotonic() - started
+        assert fanned["fanned_out"] >= 200
+        deadline = time.monotonic() + 600
         runs = MaintenanceRun.objects.filter(job="warm_caches", tenant__in=keys)
         while runs.exclude(outcome="running").count() < len(keys):
             assert time.monotonic() < deadline, runs.exclude(outcome="running").count()
-            time.sleep(0.2)
+            time.sleep(0.5)
+        total = time.monotonic() - started
         spans = sorted(runs.values_list("started_at", "finished_at"))
         events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
         in_flight = peak = 0
         for _, step in events:
             in_flight += step
             peak = max(peak, in_flight)
-        print(f"fan-out: {len(keys)} tenants, at most {peak} in flight (cap 4)")
+        busy = sum((f - s).total_seconds() for s, f in spans)
+        print(f"fan-out: {len(keys)} tenants enqueued in {enqueued:.2f} s, all maintained in "
+              f"{total:.1f} s ({busy:.1f} s of tenant work), at most {peak} in flight (cap 4)")
         assert peak <= 4
         assert peak >= 2, "never more than one at a time: the cap was not exercised"
         failed = list(runs.filter(outcome="failed").values_list("tenant", "error"))
         assert failed == [(keys[7], f"RuntimeError: probe_warmer: RuntimeError: warmer broken for "
                                     f"{keys[7]}")]
         assert runs.filter(outcome="ok").count() == len(keys) - 1
+        assert runs.count() == len(keys)  # each tenant once
+        assert probe.llen(f"{KEY}:finished") == len(keys) - 1
     finally:
         Client.objects.filter(schema_name__in=keys).delete()
 
@@ -204,3 +278,60 @@ def test_the_hourly_sweep_reports_a_tenant_schema_missing_a_tenant_table():
         with connections["default"].cursor() as cursor:
             cursor.execute("DROP SCHEMA half_made CASCADE")
         client.delete()
+
+
+@pytest.mark.slow
+def test_redis_hung_for_seconds_is_retried_until_it_is_back(celery_worker, data_arch_services):
+    redis = data_arch_services.redis
+    if redis is None or redis.process is None:
+        pytest.skip("needs a Redis the harness started")
+    # Held by the worker until it is due (an ETA task), it starts while Redis -- the leases'
+    # store, the broker and the result backend -- hangs (SIGSTOP): the lease times out, the
+    # task is retried, and the retry runs once Redis answers again.
+    result = maintain_partitions.apply_async(countdown=2)
+    time.sleep(1)
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4)
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    summary = result.get(timeout=WAIT)
+    assert summary["ok"] and "skipped" not in summary, summary
+    runs = MaintenanceRun.objects.filter(job="partitions", task_id=result.id)
+    assert list(runs.values_list("outcome", flat=True)) == ["ok"]
+    assert result.backend.client.get(f"celery-task-meta-{result.id}")  # stored, not lost
+
+
+@pytest.mark.slow
+def test_a_lease_held_by_a_process_killed_with_sigkill_lapses_and_the_job_runs(
+    request, celery_worker, redis_cache
+):
+    import subprocess
+    import sys
+
+    from data_arch.testing.pytest_plugin import celery_environ
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import django, time; django.setup()\n"
+         "from data_arch.maintenance import locks\n"
+         "with locks.lease('partitions:', 5) as held:\n"
+         "    print(held, flush=True); time.sleep(600)\n"],
+        env=celery_environ(request.config), cwd=str(request.config.rootpath),
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert maintain_partitions.delay().get(timeout=WAIT)["skipped"] == "held"
+        holder.kill()  # dies holding it: nobody renews it now
+        holder.wait(10)
+        key = "data_arch:maintenance:lease:partitions:"
+        assert 0 < get_redis_connection("default").pttl(key) <= 5000
+        deadline = time.monotonic() + WAIT
+        while (summary := maintain_partitions.delay().get(timeout=WAIT)).get("skipped"):
+            assert time.monotonic() < deadline, summary
+            time.sleep(0.5)
+        assert summary["ok"], summary
+    finally:
+        holder.kill()
+        holder.wait(10)
