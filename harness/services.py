@@ -969,8 +969,9 @@ class PgBouncer:
     """A PgBouncer in front of one PostgreSQL server, forwarding every database name."""
 
     def __init__(self, executable: str, workdir: Path, server_port: int, pool_mode: str,
-                 pool_size: int) -> None:
+                 pool_size: int, users: tuple[str, ...] = ()) -> None:
         self.executable = executable
+        self.users = (SUPERUSER, *[user for user in users if user != SUPERUSER])
         self.workdir = workdir
         self.server_port = server_port
         self.port = free_port()
@@ -981,7 +982,7 @@ class PgBouncer:
 
     def start(self) -> None:
         ini = self.workdir / "pgbouncer.ini"
-        (self.workdir / "userlist.txt").write_text(f'"{SUPERUSER}" ""\n')
+        (self.workdir / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in self.users))
         ini.write_text(
             "[databases]\n"
             f"* = host=127.0.0.1 port={self.server_port}\n"
@@ -1100,10 +1101,14 @@ class FailoverPair:
         self.stop()
 
 
-def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size: int = 1) -> PgBouncer:
+def start_pgbouncer(
+    server_port: int, pool_mode: str = "transaction", pool_size: int = 1,
+    users: tuple[str, ...] = (),
+) -> PgBouncer:
     """Start a throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of the server on
-    ``server_port``; the caller stops it. Installs it when root; raises ServiceError when it is
-    not installed and cannot be."""
+    ``server_port``; the caller stops it. It lets in the superuser and ``users`` (trust; a
+    pool of ``pool_size`` server connections per user). Installs it when root; raises
+    ServiceError when it is not installed and cannot be."""
     def locate() -> str | None:
         return shutil.which("pgbouncer") or (
             "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
@@ -1114,7 +1119,7 @@ def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size:
         raise ServiceError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
     bouncer = PgBouncer(
         executable, Path(tempfile.mkdtemp(prefix="data_arch-pgbouncer-")), server_port,
-        pool_mode, pool_size,
+        pool_mode, pool_size, tuple(users),
     )
     bouncer.start()
     return bouncer

@@ -16,6 +16,8 @@ POLICY_NAME = "data_arch_tenant_isolation"
 #: and the SECURITY DEFINER function the policy calls to verify the setting against them.
 SECRET_TABLE = "data_arch_rls_secret"
 VERIFY_FUNCTION = "data_arch_tenant_id"
+#: What a MAC names when the client cannot know its server process (a pooler in between).
+POOLED = "pooled"
 
 
 def tenant_predicate(quote: Quote, column: str, cast: str, function: str | None = None) -> str:
@@ -30,13 +32,24 @@ def tenant_predicate(quote: Quote, column: str, cast: str, function: str | None 
 def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes):
     """Statements (sql, params) creating the secret table and the verifying function.
 
-    The setting holds ``<tenant id>:<hex HMAC-SHA256(secret, "<tenant id>/<backend pid>")>``;
-    the function returns the tenant id when the MAC verifies for this server process, else
-    NULL. HMAC is computed from the stored pads with the built-in sha256() (no extension):
+    The setting holds ``<tenant id>:<hex HMAC-SHA256(secret, "<tenant id>/<binding>")>``, the
+    binding being this server process's id (a direct connection) or ``pooled`` (a client
+    behind a transaction pooler, which cannot know the process); the function returns the
+    tenant id when the MAC verifies for either, else NULL. HMAC is computed from the stored
+    pads with the built-in sha256() (no extension):
     HMAC(K, m) = sha256((K xor opad) || sha256((K xor ipad) || m)).
     """
     table = f"{quote(schema)}.{quote(SECRET_TABLE)}"
     function = f"{quote(schema)}.{quote(VERIFY_FUNCTION)}"
+
+    pooled = f"'{POOLED}'"
+
+    def mac(binding: str) -> str:
+        return (
+            "encode(sha256(s.outer_pad || sha256(s.inner_pad || convert_to(g.id || '/' || "
+            f"{binding}, 'UTF8'))), 'hex')"
+        )
+
     return [
         (
             f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
@@ -61,11 +74,10 @@ def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes
         (
             f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
             "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$ "
-            "SELECT substring(g.v FROM '^(.+):[0-9a-f]{64}$') FROM "
-            "(SELECT current_setting(setting, true) AS v) g, " + table + " s "
-            "WHERE g.v ~ '^.+:[0-9a-f]{64}$' AND right(g.v, 64) = encode(sha256(s.outer_pad || "
-            "sha256(s.inner_pad || convert_to(substring(g.v FROM '^(.+):[0-9a-f]{64}$') || '/' "
-            "|| pg_backend_pid()::text, 'UTF8'))), 'hex') $fn$",
+            "SELECT g.id FROM (SELECT substring(v FROM '^(.+):[0-9a-f]{64}$') AS id, "
+            "right(v, 64) AS mac FROM (SELECT current_setting(setting, true) AS v) r "
+            "WHERE v ~ '^.+:[0-9a-f]{64}$') g, " + table + " s "
+            f"WHERE g.mac = {mac('pg_backend_pid()::text')} OR g.mac = {mac(pooled)} $fn$",
             None,
         ),
         (f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC", None),
@@ -143,6 +155,8 @@ SELECT con.conname, con.contype,
        con.confrelid::regclass::text AS target
 FROM pg_constraint con WHERE con.conrelid = to_regclass(%s) AND con.contype IN ('p', 'u', 'f')
 """
+
+BACKEND_PID = "SELECT pg_backend_pid()"
 
 ROLE = "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
 
