@@ -41,15 +41,6 @@ def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes
     """
     table = f"{quote(schema)}.{quote(SECRET_TABLE)}"
     function = f"{quote(schema)}.{quote(VERIFY_FUNCTION)}"
-
-    pooled = f"'{POOLED}'"
-
-    def mac(binding: str) -> str:
-        return (
-            "encode(sha256(s.outer_pad || sha256(s.inner_pad || convert_to(g.id || '/' || "
-            f"{binding}, 'UTF8'))), 'hex')"
-        )
-
     return [
         (
             f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
@@ -72,12 +63,21 @@ def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes
             [inner_pad, outer_pad],
         ),
         (
+            # PL/pgSQL: its statements' plans are cached per session, where a LANGUAGE sql
+            # body (SECURITY DEFINER, so never inlined) is planned again on every call.
             f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
-            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$ "
-            "SELECT g.id FROM (SELECT substring(v FROM '^(.+):[0-9a-f]{64}$') AS id, "
-            "right(v, 64) AS mac FROM (SELECT current_setting(setting, true) AS v) r "
-            "WHERE v ~ '^.+:[0-9a-f]{64}$') g, " + table + " s "
-            f"WHERE g.mac = {mac('pg_backend_pid()::text')} OR g.mac = {mac(pooled)} $fn$",
+            "LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
+            "$fn$ DECLARE v text := current_setting(setting, true); tenant text; mac text; "
+            "ipad bytea; opad bytea; BEGIN "
+            "IF v IS NULL OR v !~ '^.+:[0-9a-f]{64}$' THEN RETURN NULL; END IF; "
+            "tenant := left(v, -65); mac := right(v, 64); "
+            f"SELECT s.inner_pad, s.outer_pad INTO ipad, opad FROM {table} s; "
+            # The process binding first; the pooled one only when it does not match.
+            "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+            "pg_backend_pid()::text, 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+            "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+            f"'{POOLED}', 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+            "RETURN NULL; END $fn$",
             None,
         ),
         (f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC", None),
