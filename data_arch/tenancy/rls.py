@@ -54,7 +54,7 @@ from data_arch.tenancy import sql
 from data_arch.tenancy.context import CrossTenantError, current_tenant
 
 __all__ = [
-    "POOLED", "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
+    "POOLED", "behind_pooler", "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
     "tenant_setting_value",
 ]
 
@@ -136,6 +136,12 @@ def _binding(raw_connection: Any) -> int | str:
         (server_pid,) = raw_connection.execute(sql.BACKEND_PID).fetchone()
         binding = _bindings[raw_connection] = announced if server_pid == announced else POOLED
     return binding
+
+
+def behind_pooler(raw_connection: Any) -> bool:
+    """Whether ``raw_connection`` reaches PostgreSQL through a pooler (PgBouncer): its signed
+    values then name the tenant only, not a server process."""
+    return _binding(raw_connection) == POOLED
 
 
 def _setting_pair(raw_connection: Any) -> tuple[str, str]:

@@ -43,41 +43,49 @@ def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes
     function = f"{quote(schema)}.{quote(VERIFY_FUNCTION)}"
     return [
         (
-            f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
-            "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)",
+            (
+                f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
+                "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)"
+            ),
             None,
         ),
         (f"REVOKE ALL ON {table} FROM PUBLIC", None),
         # Default privileges (ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES) give the new
         # table to the application role too: take every grant back but the owner's.
         (
-            "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
-            "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
-            f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
-            f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$",
+            (
+                "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
+                "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
+                f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
+                f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$"
+            ),
             None,
         ),
         (
-            f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
-            "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad",
+            (
+                f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad"
+            ),
             [inner_pad, outer_pad],
         ),
         (
             # PL/pgSQL: its statements' plans are cached per session, where a LANGUAGE sql
             # body (SECURITY DEFINER, so never inlined) is planned again on every call.
-            f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
-            "LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
-            "$fn$ DECLARE v text := current_setting(setting, true); tenant text; mac text; "
-            "ipad bytea; opad bytea; BEGIN "
-            "IF v IS NULL OR v !~ '^.+:[0-9a-f]{64}$' THEN RETURN NULL; END IF; "
-            "tenant := left(v, -65); mac := right(v, 64); "
-            f"SELECT s.inner_pad, s.outer_pad INTO ipad, opad FROM {table} s; "
-            # The process binding first; the pooled one only when it does not match.
-            "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
-            "pg_backend_pid()::text, 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
-            "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
-            f"'{POOLED}', 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
-            "RETURN NULL; END $fn$",
+            (
+                f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
+                "LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
+                "$fn$ DECLARE v text := current_setting(setting, true); tenant text; mac text; "
+                "ipad bytea; opad bytea; BEGIN "
+                "IF v IS NULL OR v !~ '^.+:[0-9a-f]{64}$' THEN RETURN NULL; END IF; "
+                "tenant := left(v, -65); mac := right(v, 64); "
+                f"SELECT s.inner_pad, s.outer_pad INTO ipad, opad FROM {table} s; "
+                # The process binding first; the pooled one only when it does not match.
+                "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+                "pg_backend_pid()::text, 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+                "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+                f"'{POOLED}', 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+                "RETURN NULL; END $fn$"
+            ),
             None,
         ),
         (f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC", None),
@@ -157,6 +165,8 @@ FROM pg_constraint con WHERE con.conrelid = to_regclass(%s) AND con.contype IN (
 """
 
 BACKEND_PID = "SELECT pg_backend_pid()"
+
+TRACK_ACTIVITIES = "SELECT current_setting('track_activities')"
 
 ROLE = "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
 

@@ -208,5 +208,62 @@ def test_two_schema_tenants_share_one_server_connection_and_stay_in_their_schema
         committed(create=False)
 
 
+def in_thread(call):
+    """``call()`` on this thread's own connections (autocommit, outside the test's
+    transaction), which it closes after."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 -- raised below
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def test_the_deploy_check_warns_while_pooled_values_are_visible_to_other_sessions(
+    app_role, bouncer
+):
+    from data_arch.tenancy.checks import check_application_role
+
+    def warnings():
+        ids = [m.id for m in check_application_role(databases=[APP])]
+        with connections[APP].cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return ids, cursor.fetchone()[0]
+
+    direct = connections["default"].settings_dict
+    url = f"host={direct['HOST']} port={direct['PORT']} dbname={direct['NAME']} user=postgres"
+    ids, server_pid = in_thread(warnings)
+    assert "data_arch.W106" in ids
+    assert "data_arch.W106" not in in_thread(
+        lambda: [m.id for m in check_application_role(databases=["app"])])  # direct
+    with psycopg.connect(url, autocommit=True) as superuser:
+        superuser.execute(f'ALTER ROLE "{app_role}" SET track_activities = off')
+        try:
+            # The pool's server connection started before the change; its next one gets it.
+            superuser.execute("SELECT pg_terminate_backend(%s)", [server_pid])
+            for attempt in range(5):
+                try:
+                    ids, _pid = in_thread(warnings)
+                    break
+                except Exception:  # PgBouncer finds the closed server connection
+                    if attempt == 4:
+                        raise
+            assert "data_arch.W106" not in ids
+        finally:
+            superuser.execute(f'ALTER ROLE "{app_role}" RESET track_activities')
+            pids = in_thread(warnings)[1]
+            superuser.execute("SELECT pg_terminate_backend(%s)", [pids])
+
+
 class _RolledBack(Exception):
     pass
