@@ -971,7 +971,7 @@ class PgBouncer:
     def __init__(self, executable: str, workdir: Path, server_port: int, pool_mode: str,
                  pool_size: int, users: tuple[str, ...] = ()) -> None:
         self.executable = executable
-        self.users = (SUPERUSER, *users)
+        self.users = (SUPERUSER, *[user for user in users if user != SUPERUSER])
         self.workdir = workdir
         self.server_port = server_port
         self.port = free_port()
@@ -1101,11 +1101,14 @@ class FailoverPair:
         self.stop()
 
 
-def start_pgbouncer(server_port: int, pool_mode: str = "transaction", pool_size: int = 1,
-                    users: tuple[str, ...] = ()) -> PgBouncer:
+def start_pgbouncer(
+    server_port: int, pool_mode: str = "transaction", pool_size: int = 1,
+    users: tuple[str, ...] = (),
+) -> PgBouncer:
     """Start a throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of the server on
-    ``server_port``; the caller stops it. ``users``: roles it lets in besides the superuser.
-    Installs it when root; raises ServiceError when it is not installed and cannot be."""
+    ``server_port``; the caller stops it. It lets in the superuser and ``users`` (trust; a
+    pool of ``pool_size`` server connections per user). Installs it when root; raises
+    ServiceError when it is not installed and cannot be."""
     def locate() -> str | None:
         return shutil.which("pgbouncer") or (
             "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None

@@ -21,7 +21,10 @@ Deployment checks (``manage.py check --deploy --database <alias>``, with the app
 database settings):
 
 * W103 the application role is a superuser;  W104 it has BYPASSRLS;
-* W105 it owns (or is a member of the owner of) a row-level table.
+* W105 it owns (or is a member of the owner of) a row-level table;
+* W106 it reaches PostgreSQL through a pooler with the signed context on, and its sessions'
+  statement text -- signed values included, which then name only the tenant -- is visible to
+  its other sessions in pg_stat_activity (``track_activities`` on).
 """
 
 from __future__ import annotations
@@ -244,6 +247,18 @@ def check_application_role(app_configs: Any = None, databases: Any = None, **kwa
     for alias in databases or ():
         if connections[alias].vendor != "postgresql":
             continue
+        # Any alias that reads row-level tables (django-tenants lets only one migrate them).
+        if tenant_models() and _pooled_values_visible(alias):
+            role = _query(alias, sql.ROLE)[0][0]
+            messages.append(checks.Warning(
+                f"{alias!r} reaches PostgreSQL through a pooler, so its signed tenant values "
+                f"name only the tenant, and {role}'s statements (with those values) are "
+                "visible to its other sessions in pg_stat_activity: SQL injected into one "
+                "tenant's query could copy another tenant's value from there.",
+                hint=f"As a superuser: ALTER ROLE {role} SET track_activities = off (the role "
+                "cannot turn it back on; new server connections get it), or connect the "
+                "application directly (Django's pool).",
+                id="data_arch.W106"))
         models = _database_models(alias)
         if not models:
             continue
@@ -268,3 +283,16 @@ def check_application_role(app_configs: Any = None, databases: Any = None, **kwa
                 f"{alias!r} connects as {role}, which owns {', '.join(owned)}: an owner can "
                 "turn Row-Level Security off.", hint=hint, id="data_arch.W105"))
     return messages
+
+
+def _pooled_values_visible(alias: str) -> bool:
+    from data_arch.conf import tenancy_settings
+    from data_arch.tenancy.rls import behind_pooler
+
+    if not tenancy_settings().signed_context:
+        return False
+    connection = connections[alias]
+    connection.ensure_connection()
+    if not behind_pooler(connection.connection):
+        return False
+    return _query(alias, sql.TRACK_ACTIVITIES)[0][0] == "on"

@@ -3,7 +3,8 @@
 An execute wrapper on every PostgreSQL connection (primary and replicas alike; placed by
 :mod:`data_arch.wiring`, innermost) runs ``set_config(<TENANCY.RLS_SETTING>, <tenant id or ''>, true)`` --
 with ``TENANCY.SIGNED_CONTEXT``, ``<tenant id>:<MAC>`` (:func:`signed_value`), which the policy's
-SECURITY DEFINER function verifies against a secret the application role cannot read --
+SECURITY DEFINER function verifies against a secret the application role cannot read (the MAC
+names the server process, or behind a pooler that hides it, only the tenant) --
 and, on django-tenants connections, ``set_config('search_path', <the schema's path>, true)`` --
 in the same transaction as each statement:
 
@@ -53,7 +54,7 @@ from data_arch.tenancy import sql
 from data_arch.tenancy.context import CrossTenantError, current_tenant
 
 __all__ = [
-    "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
+    "POOLED", "behind_pooler", "install_copy_guard", "on_switch", "secret_pads", "set_tenant", "signed_value",
     "tenant_setting_value",
 ]
 
@@ -102,16 +103,45 @@ def secret_pads() -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
 
 
-def signed_value(value: str, backend_pid: int) -> str:
-    """``value`` (a tenant id) as the signed setting holds it for server process ``backend_pid``.
+#: What a MAC names instead of a server process when the client cannot know which server
+#: process runs its statements (a pooler in between).
+POOLED = sql.POOLED
 
-    The MAC binds the id to one server process, so a value read from another session (its
-    statement text is visible in pg_stat_activity to the same role) verifies nowhere else.
+
+def signed_value(value: str, binding: int | str) -> str:
+    """``value`` (a tenant id) as the signed setting holds it for ``binding``: a server process
+    id, or :data:`POOLED`.
+
+    On a direct connection the MAC binds the id to the one server process, so a value read
+    from another session (its statement text is visible in pg_stat_activity to the same role)
+    verifies nowhere else. Behind a pooler every transaction may run on another server
+    process, so the MAC can only name the tenant (see the README's "Behind PgBouncer").
     """
     if not value:
         return value
-    mac = hmac.new(_key(), f"{value}/{backend_pid}".encode(), hashlib.sha256).hexdigest()
+    mac = hmac.new(_key(), f"{value}/{binding}".encode(), hashlib.sha256).hexdigest()
     return f"{value}:{mac}"
+
+
+# raw connection -> what its MACs name: the server process id when the client's connection
+# is to that process, else POOLED. The process id the client was given at connect time is
+# the server's own on a direct connection; a pooler (PgBouncer) hands out one of its own.
+_bindings: weakref.WeakKeyDictionary[Any, int | str] = weakref.WeakKeyDictionary()
+
+
+def _binding(raw_connection: Any) -> int | str:
+    binding = _bindings.get(raw_connection)
+    if binding is None:
+        announced = raw_connection.info.backend_pid
+        (server_pid,) = raw_connection.execute(sql.BACKEND_PID).fetchone()
+        binding = _bindings[raw_connection] = announced if server_pid == announced else POOLED
+    return binding
+
+
+def behind_pooler(raw_connection: Any) -> bool:
+    """Whether ``raw_connection`` reaches PostgreSQL through a pooler (PgBouncer): its signed
+    values then name the tenant only, not a server process."""
+    return _binding(raw_connection) == POOLED
 
 
 def _setting_pair(raw_connection: Any) -> tuple[str, str]:
@@ -120,7 +150,7 @@ def _setting_pair(raw_connection: Any) -> tuple[str, str]:
     config = tenancy_settings()
     value = tenant_setting_value()
     if config.signed_context and value:
-        value = signed_value(value, raw_connection.info.backend_pid)
+        value = signed_value(value, _binding(raw_connection))
     return config.rls_setting, value
 
 

@@ -16,6 +16,8 @@ POLICY_NAME = "data_arch_tenant_isolation"
 #: and the SECURITY DEFINER function the policy calls to verify the setting against them.
 SECRET_TABLE = "data_arch_rls_secret"
 VERIFY_FUNCTION = "data_arch_tenant_id"
+#: What a MAC names when the client cannot know its server process (a pooler in between).
+POOLED = "pooled"
 
 
 def tenant_predicate(quote: Quote, column: str, cast: str, function: str | None = None) -> str:
@@ -30,42 +32,60 @@ def tenant_predicate(quote: Quote, column: str, cast: str, function: str | None 
 def signed_context(quote: Quote, schema: str, inner_pad: bytes, outer_pad: bytes):
     """Statements (sql, params) creating the secret table and the verifying function.
 
-    The setting holds ``<tenant id>:<hex HMAC-SHA256(secret, "<tenant id>/<backend pid>")>``;
-    the function returns the tenant id when the MAC verifies for this server process, else
-    NULL. HMAC is computed from the stored pads with the built-in sha256() (no extension):
+    The setting holds ``<tenant id>:<hex HMAC-SHA256(secret, "<tenant id>/<binding>")>``, the
+    binding being this server process's id (a direct connection) or ``pooled`` (a client
+    behind a transaction pooler, which cannot know the process); the function returns the
+    tenant id when the MAC verifies for either, else NULL. HMAC is computed from the stored
+    pads with the built-in sha256() (no extension):
     HMAC(K, m) = sha256((K xor opad) || sha256((K xor ipad) || m)).
     """
     table = f"{quote(schema)}.{quote(SECRET_TABLE)}"
     function = f"{quote(schema)}.{quote(VERIFY_FUNCTION)}"
     return [
         (
-            f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
-            "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)",
+            (
+                f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY CHECK (id = 1), "
+                "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)"
+            ),
             None,
         ),
         (f"REVOKE ALL ON {table} FROM PUBLIC", None),
         # Default privileges (ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES) give the new
         # table to the application role too: take every grant back but the owner's.
         (
-            "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
-            "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
-            f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
-            f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$",
+            (
+                "DO $do$ DECLARE r record; BEGIN FOR r IN SELECT DISTINCT a.grantee::regrole::text "
+                "AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = "
+                f"'{table}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP "
+                f"EXECUTE format('REVOKE ALL ON {table} FROM %s', r.role); END LOOP; END $do$"
+            ),
             None,
         ),
         (
-            f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
-            "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad",
+            (
+                f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, %s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad"
+            ),
             [inner_pad, outer_pad],
         ),
         (
-            f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
-            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$ "
-            "SELECT substring(g.v FROM '^(.+):[0-9a-f]{64}$') FROM "
-            "(SELECT current_setting(setting, true) AS v) g, " + table + " s "
-            "WHERE g.v ~ '^.+:[0-9a-f]{64}$' AND right(g.v, 64) = encode(sha256(s.outer_pad || "
-            "sha256(s.inner_pad || convert_to(substring(g.v FROM '^(.+):[0-9a-f]{64}$') || '/' "
-            "|| pg_backend_pid()::text, 'UTF8'))), 'hex') $fn$",
+            # PL/pgSQL: its statements' plans are cached per session, where a LANGUAGE sql
+            # body (SECURITY DEFINER, so never inlined) is planned again on every call.
+            (
+                f"CREATE OR REPLACE FUNCTION {function}(setting text) RETURNS text "
+                "LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
+                "$fn$ DECLARE v text := current_setting(setting, true); tenant text; mac text; "
+                "ipad bytea; opad bytea; BEGIN "
+                "IF v IS NULL OR v !~ '^.+:[0-9a-f]{64}$' THEN RETURN NULL; END IF; "
+                "tenant := left(v, -65); mac := right(v, 64); "
+                f"SELECT s.inner_pad, s.outer_pad INTO ipad, opad FROM {table} s; "
+                # The process binding first; the pooled one only when it does not match.
+                "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+                "pg_backend_pid()::text, 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+                "IF mac = encode(sha256(opad || sha256(ipad || convert_to(tenant || '/' || "
+                f"'{POOLED}', 'UTF8'))), 'hex') THEN RETURN tenant; END IF; "
+                "RETURN NULL; END $fn$"
+            ),
             None,
         ),
         (f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC", None),
@@ -143,6 +163,10 @@ SELECT con.conname, con.contype,
        con.confrelid::regclass::text AS target
 FROM pg_constraint con WHERE con.conrelid = to_regclass(%s) AND con.contype IN ('p', 'u', 'f')
 """
+
+BACKEND_PID = "SELECT pg_backend_pid()"
+
+TRACK_ACTIVITIES = "SELECT current_setting('track_activities')"
 
 ROLE = "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
 

@@ -52,16 +52,17 @@ def as_dict(status: TableStatus) -> dict[str, Any]:
 
 
 def tenant_app_tables() -> list[str]:
-    """The tables every tenant schema must have: those of django-tenants' TENANT_APPS that are
-    not shared (SHARED_APPS), auto-created many-to-many tables included."""
+    """The tables every tenant schema must have: those of django-tenants' TENANT_APPS,
+    auto-created many-to-many tables included.
+
+    An app listed in SHARED_APPS as well is migrated into public *and* every tenant schema:
+    its public table is exactly what a tenant schema lacking its own copy falls back to.
+    """
     from django.apps import apps
     from django.conf import settings
 
-    shared = set(getattr(settings, "SHARED_APPS", ()))
     tables: set[str] = set()
     for name in getattr(settings, "TENANT_APPS", ()):
-        if name in shared:
-            continue
         config = next((c for c in apps.get_app_configs() if c.name == name), None)
         if config is None:
             continue

@@ -126,3 +126,40 @@ def test_a_tenant_schema_missing_a_tenant_app_table_is_an_error(tenant_schemas):
     assert message.id == "data_arch.E105"
     assert "'tenant_gap'" in message.msg and "shop_order" in message.msg
     assert "shop_customer," not in message.msg and "public" in message.msg
+
+
+def test_a_tenant_schema_missing_a_table_public_also_has_is_an_error_of_check_database(
+    tenant_schemas,
+):
+    """The fallback that really happens: an app in both SHARED_APPS and TENANT_APPS has its
+    table in public too, so a tenant schema without it reads public's rows (every tenant's)."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    from data_arch.tenancy import Tenant, tenant_context
+    from data_arch.tenancy.checks import check_tenant_schemas
+    from example_project.customers.models import Client
+
+    gap = Client(schema_name="tenant_no_ct", name="No content types")
+    gap.auto_create_schema = False
+    gap.save()
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE SCHEMA tenant_no_ct")
+        cursor.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'tenant_a' "
+            "AND tablename <> 'django_content_type'"
+        )
+        for (table,) in cursor.fetchall():
+            cursor.execute(f'CREATE TABLE tenant_no_ct."{table}" (LIKE tenant_a."{table}")')
+        cursor.execute("SELECT count(*) FROM public.django_content_type")
+        public_rows = cursor.fetchone()[0]
+    with tenant_context(Tenant(pk=gap.pk, schema_name="tenant_no_ct")):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM django_content_type")
+            assert cursor.fetchone()[0] == public_rows > 0  # the fallback, for real
+    (message,) = check_tenant_schemas(databases=["default"])
+    assert message.id == "data_arch.E105"
+    assert "'tenant_no_ct'" in message.msg and "django_content_type" in message.msg
+    with pytest.raises(SystemCheckError, match="data_arch.E105") as raised:
+        call_command("check", "--database", "default")
+    assert "tenant_no_ct" in str(raised.value)
