@@ -106,29 +106,6 @@ def app_role(live_db, tenants, streaming_replica):
             cursor.execute(f'DROP ROLE "{ROLE}"')
 
 
-@pytest.fixture
-def plain_policy(live_db):
-    """The billing tables' policy in its plain form for the test (a transaction pooler cannot
-    carry the signed context, which names one server process), the signed one restored after."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT tablename, qual, with_check FROM pg_policies WHERE policyname = "
-            "'data_arch_tenant_isolation' AND tablename = ANY(%s)", [list(BILLING)])
-        saved = cursor.fetchall()
-        assert len(saved) == len(BILLING), saved
-        plain = "tenant_id = nullif(current_setting('data_arch.tenant_id', true), '')::bigint"
-        for table, _, _ in saved:
-            cursor.execute(f"DROP POLICY data_arch_tenant_isolation ON {table}")
-            cursor.execute(f"CREATE POLICY data_arch_tenant_isolation ON {table} USING ({plain}) "
-                           f"WITH CHECK ({plain})")
-    yield
-    with connections["default"].cursor() as cursor:
-        for table, qual, with_check in saved:
-            cursor.execute(f"DROP POLICY data_arch_tenant_isolation ON {table}")
-            cursor.execute(f"CREATE POLICY data_arch_tenant_isolation ON {table} USING ({qual}) "
-                           f"WITH CHECK ({with_check})")
-
-
 def _run_tenants(server, hosts: dict, seconds: float, tasks: bool):
     """Concurrent requests (and tasks) for random tenants; returns (results, violations)."""
     from data_arch.tenancy import Tenant, tenant_context
@@ -235,7 +212,7 @@ def test_no_tenant_sees_or_writes_another_tenants_rows_on_djangos_pool(
 
 
 def test_no_tenant_sees_or_writes_another_tenants_rows_through_pgbouncer(
-    tenants, app_role, plain_policy, example_server
+    tenants, app_role, example_server
 ):
     from harness import services
 
@@ -250,8 +227,8 @@ def test_no_tenant_sees_or_writes_another_tenants_rows_through_pgbouncer(
         through = {alias: {"USER": app_role, "PASSWORD": "", "HOST": "127.0.0.1",
                            "PORT": str(bouncer.port), "CONN_MAX_AGE": 0}
                    for alias, bouncer in zip(("default", "replica"), bouncers)}
-        server = example_server(database_settings(**through),
-                                {"TENANCY": {"SIGNED_CONTEXT": False}}, threads=8)
+        # The signed context (the default) binds to the pool behind a transaction pooler.
+        server = example_server(database_settings(**through), threads=8)
         results, violations, acked = _run_tenants(server, tenants, seconds=8, tasks=False)
         _report("PgBouncer in transaction mode (2 server connections per server)", results,
                 violations)
