@@ -262,8 +262,10 @@ def test_sigterm_during_the_first_install_leaves_no_process(machine):
             time.sleep(0.1)
         started = machine.processes()
         run.send_signal(signal.SIGTERM)
-        output = run.communicate(timeout=60)[0]
+        run.wait(60)  # not communicate(): a child left running would hold the pipe open
         left = machine.left_after(timeout=10)
+        machine.kill_all()
+        output = run.stdout.read()
         assert left == {}, f"left running after SIGTERM during the install (of {started}): {left}"
         assert run.returncode == 128 + signal.SIGTERM, output[-2000:]
         assert "Traceback" not in output, output[-3000:]
@@ -317,8 +319,10 @@ def test_sigterm_of_the_running_demo_leaves_no_process_of_the_user(machine):
         for program in ("celery", "runserver", "pginstall/bin/postgres", "valkey-server"):
             assert program in commands, started
         demo.send_signal(signal.SIGTERM)
-        output = demo.communicate(timeout=120)[0]
+        demo.wait(120)
         left = machine.left_after()
+        machine.kill_all()
+        output = demo.stdout.read()
         assert left == {}, f"left running after SIGTERM of the demo (of {len(started)}): {left}"
         assert [port for port in ports if _listening(port)] == []
         assert demo.returncode == 128 + signal.SIGTERM, output[-2000:]
