@@ -46,21 +46,23 @@ def bootstrap() -> None:
         _install(children)
     except KeyboardInterrupt as exc:
         children.stop()
+        print(f"stopped while installing into {VENV}; the next run completes it", file=sys.stderr)
         sys.exit(exc.exit_code if isinstance(exc, Terminated) else 130)
     os.execv(str(_venv_python()), [str(_venv_python()), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def _install(children) -> None:  # children: harness.processes.Children
     python = _venv_python()
-    if not python.exists():
+    stamp = VENV / ".data_arch-installed"
+    # A virtualenv whose making was cut short has its python but not pip: make it again.
+    if not python.exists() or not (stamp.exists() or _has_pip(children, python)):
         print(f"creating virtualenv {VENV}", flush=True)
-        returncode = children.run([sys.executable, "-m", "venv", str(VENV)], check=False)
+        returncode = children.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=False)
         if returncode != 0 or not python.exists():
             sys.exit(
                 "could not create a virtualenv: install Python's venv module "
                 "(Debian/Ubuntu: apt-get install python3-venv) and run again"
             )
-    stamp = VENV / ".data_arch-installed"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
         print("installing django-data-arch and its test dependencies into the virtualenv", flush=True)
@@ -69,6 +71,11 @@ def _install(children) -> None:  # children: harness.processes.Children
         if children.run([*pip, "-e", f"{ROOT}[{EXTRAS}]"], check=False) != 0:
             sys.exit("pip install failed; see the messages above")
         stamp.write_text(digest)
+
+
+def _has_pip(children, python: Path) -> bool:
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return children.run([str(python), "-m", "pip", "--version"], check=False, **quiet) == 0
 
 
 # --------------------------------------------------------------------------- test
