@@ -17,6 +17,7 @@ Each test has a bounded time; the first ``pip install`` into a fresh virtualenv 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -142,6 +143,22 @@ class OnlyPython:
             time.sleep(0.2)
         return left
 
+    @property
+    def state_root(self) -> Path:
+        """The harness's state folder of this user (see ``harness.services.STATE_ROOT``)."""
+        return Path(tempfile.gettempdir()) / f"data_arch-services-{self.user.pw_uid}"
+
+    def remove_temp_files(self) -> None:
+        """What the user left in the temporary directory (pip's build folders of an
+        interrupted install, the harness's state folder): the user exists for these tests."""
+        for entry in Path(tempfile.gettempdir()).iterdir():
+            with contextlib.suppress(OSError):
+                if entry.lstat().st_uid == self.user.pw_uid:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+
     def kill_all(self) -> None:
         for pid in self.processes():
             try:
@@ -189,6 +206,7 @@ def machine():
     os.chmod(folder, 0o755)
     only = OnlyPython(folder, user)
     only.kill_all()  # nothing of an earlier run may be counted as this run's
+    only.remove_temp_files()
     only.empty_dir.mkdir()
     only.empty_file.touch()
     os.chmod(only.empty_file, 0o644)
@@ -211,6 +229,7 @@ def machine():
         yield only
     finally:
         only.kill_all()
+        only.remove_temp_files()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -343,6 +362,7 @@ def test_sigterm_of_the_running_demo_leaves_no_process_of_the_user(machine):
         output = demo.stdout.read()
         assert left == {}, f"left running after SIGTERM of the demo (of {len(started)}): {left}"
         assert [port for port in ports if _listening(port)] == []
+        assert list(machine.state_root.iterdir()) == []  # the run's data folders are gone too
         assert demo.returncode == 128 + signal.SIGTERM, output[-2000:]
         assert "Traceback" not in output, output[-3000:]
     finally:
