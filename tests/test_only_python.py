@@ -18,6 +18,7 @@ Each test has a bounded time; the first ``pip install`` into a fresh virtualenv 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -202,11 +203,25 @@ def _user() -> pwd.struct_passwd:
 def machine():
     _skip_unless_possible()
     user = _user()
-    folder = Path(tempfile.mkdtemp(prefix="data_arch-only-python-"))
-    os.chmod(folder, 0o755)
-    only = OnlyPython(folder, user)
+    # Every process of the user counts as this run's: one run at a time on the machine.
+    with open(Path(tempfile.gettempdir()) / "data_arch-only-python.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = Path(tempfile.mkdtemp(prefix="data_arch-only-python-"))
+        only = OnlyPython(folder, user)
+        try:
+            _prepare(only)
+            yield only
+        finally:
+            only.kill_all()
+            only.remove_temp_files()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prepare(only: OnlyPython) -> None:
+    """An empty home, a fresh clone of this checkout's HEAD, both the user's."""
     only.kill_all()  # nothing of an earlier run may be counted as this run's
     only.remove_temp_files()
+    os.chmod(only.folder, 0o755)
     only.empty_dir.mkdir()
     only.empty_file.touch()
     os.chmod(only.empty_file, 0o644)
@@ -221,16 +236,11 @@ def machine():
                             capture_output=True, text=True, check=True).stdout.strip()
     assert cloned == head
     for path in (only.home, only.clone):
-        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(path)], check=True)
+        subprocess.run(["chown", "-R", f"{only.user.pw_uid}:{only.user.pw_gid}", str(path)],
+                       check=True)
     python = only.run("python3", "-c", "import sys; print(sys.version_info >= (3, 11))", timeout=60)
     if python.stdout.strip() != "True":
         pytest.skip(f"no python3 >= 3.11 on {PATH} for {USER}: {python.stdout}{python.stderr}")
-    try:
-        yield only
-    finally:
-        only.kill_all()
-        only.remove_temp_files()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _root_has_used_the_harness() -> None:
