@@ -47,6 +47,7 @@ __all__ = [
     "ServiceError",
     "Services",
     "find_postgres",
+    "describe_redis_server",
     "find_redis_server",
     "start_pgbouncer",
     "find_wheel_redis_server",
@@ -243,6 +244,11 @@ def _redis_version(executable: str) -> str | None:
         return None
     match = re.search(r"\bv=(\d+\.\d+\.\d+)", out)
     return match.group(1) if match else None
+
+
+def describe_redis_server(executable: str) -> str:
+    """``valkey-server 8.1.1 (/path/to/valkey-server)``: which server program, which version."""
+    return f"{Path(executable).name} {_redis_version(executable) or '(version unknown)'} ({executable})"
 
 
 def find_wheel_redis_server() -> str | None:
@@ -606,6 +612,9 @@ class Services:
         ]
         if self.binaries:
             lines.append(f"binaries  {self.binaries.describe()}")
+        if self.redis is not None:
+            lines.append(f"{'binaries' if not self.binaries else '':10}"
+                         f"{describe_redis_server(self.redis.executable)}")
         return "\n".join(lines)
 
     def stop(self) -> None:

@@ -32,29 +32,50 @@ def _in_venv() -> bool:
 
 
 def bootstrap() -> None:
-    """Create the virtualenv, install the project into it, and re-exec there."""
+    """Create the virtualenv, install the project into it, and re-exec there.
+
+    SIGTERM, SIGHUP or Ctrl-C during the install stop pip (and what it runs) too, and exit.
+    """
     if sys.version_info < (3, 11):
         sys.exit(f"data_arch needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    from harness.processes import Children, Terminated, signals_raise
+
+    signals_raise()
+    children = Children()
+    try:
+        _install(children)
+    except KeyboardInterrupt as exc:
+        children.stop()
+        print(f"stopped while installing into {VENV}; the next run completes it", file=sys.stderr)
+        sys.exit(exc.exit_code if isinstance(exc, Terminated) else 130)
+    os.execv(str(_venv_python()), [str(_venv_python()), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def _install(children) -> None:  # children: harness.processes.Children
     python = _venv_python()
-    if not python.exists():
+    stamp = VENV / ".data_arch-installed"
+    # A virtualenv whose making was cut short has its python but not pip: make it again.
+    if not python.exists() or not (stamp.exists() or _has_pip(children, python)):
         print(f"creating virtualenv {VENV}", flush=True)
-        result = subprocess.run([sys.executable, "-m", "venv", str(VENV)])
-        if result.returncode != 0 or not python.exists():
+        returncode = children.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=False)
+        if returncode != 0 or not python.exists():
             sys.exit(
                 "could not create a virtualenv: install Python's venv module "
                 "(Debian/Ubuntu: apt-get install python3-venv) and run again"
             )
-    stamp = VENV / ".data_arch-installed"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
         print("installing django-data-arch and its test dependencies into the virtualenv", flush=True)
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=False)
-        result = subprocess.run([*pip, "-e", f"{ROOT}[{EXTRAS}]"])
-        if result.returncode != 0:
+        children.run([*pip, "--upgrade", "pip"], check=False)
+        if children.run([*pip, "-e", f"{ROOT}[{EXTRAS}]"], check=False) != 0:
             sys.exit("pip install failed; see the messages above")
         stamp.write_text(digest)
-    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def _has_pip(children, python: Path) -> bool:
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return children.run([str(python), "-m", "pip", "--version"], check=False, **quiet) == 0
 
 
 # --------------------------------------------------------------------------- test
@@ -79,11 +100,11 @@ def postgres_choices() -> list[str]:
 
 def run_tests(args: list[str]) -> int:
     from harness.processes import Children, Terminated, signals_raise
-    from harness.services import ServiceError, find_postgres, find_redis_server
+    from harness.services import ServiceError, describe_redis_server, find_postgres, find_redis_server
 
     if not os.environ.get("REDIS_URL"):
         try:
-            find_redis_server()
+            print(f"Redis server: {describe_redis_server(find_redis_server())}", flush=True)
         except ServiceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -262,9 +283,9 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
         print(__doc__, file=sys.stderr)
         return 2
+    sys.path.insert(0, str(ROOT))
     if not _in_venv():
         bootstrap()
-    sys.path.insert(0, str(ROOT))
     command, args = sys.argv[1], sys.argv[2:]
     return run_tests(args) if command == "test" else run_demo(args)
 

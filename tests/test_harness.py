@@ -413,6 +413,17 @@ def wheel_redis(monkeypatch):
     return executable
 
 
+def test_the_services_description_names_the_redis_server_program(tmp_path):
+    """The demo and the test header say which Redis server runs, as they do for PostgreSQL:
+    the machine's, Debian's or a wheel's."""
+    executable = services.find_redis_server()
+    version = services._redis_version(executable)
+    server = services.RedisServer(executable, tmp_path / "redis", services.free_port())
+    described = services.Services("postgres://p", "postgres://p", server.url(), redis=server).describe()
+    assert f"{Path(executable).name} {version} ({executable})" in described.splitlines()[-1]
+    assert services.Services("postgres://p", "postgres://p", "redis://r").describe().count("\n") == 2
+
+
 def test_forced_wheel_redis_serves_the_cache_helpers(wheel_redis, tmp_path, settings):
     from data_arch.caching import CacheAside, namespace, reset_engines
     from data_arch.caching.engine import Call, Spec
