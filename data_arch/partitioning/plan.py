@@ -66,6 +66,8 @@ class Action:
     #: rows of this month sitting in the default partition when planned
     default_rows: int = 0
     steps: tuple[Step, ...] = ()
+    #: a drop with CASCADE (opted in): the objects that depend on the partition and go with it
+    cascade: tuple[str, ...] = ()
 
     @property
     def statements(self) -> tuple[str, ...]:
@@ -78,6 +80,7 @@ class Action:
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
             "default_rows": self.default_rows,
+            "cascade": list(self.cascade),
             "steps": [step.to_dict() for step in self.steps],
             "sql": list(self.statements),
         }
@@ -182,6 +185,8 @@ class Plan:
                     if action.default_rows
                     else ""
                 )
+                if action.cascade:
+                    extra += f", CASCADE drops {', '.join(action.cascade)}"
                 lines.append(
                     f"  {action.kind:<8} {action.partition}  "
                     f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
@@ -311,7 +316,9 @@ def retention_steps(
     no_default: bool,
     settings: PartitionSettings,
     foreign_keys: list[str],
+    cascade: tuple[str, ...] = (),
 ) -> list[Step]:
+    """The steps retiring ``partition``; ``cascade``: the dependents a drop takes along."""
     name = partition.name
     if partition.detach_pending:
         steps = [Step("finalize", (sql.finalize_detach(schema, parent, name),))]
@@ -320,7 +327,7 @@ def retention_steps(
     else:
         steps = [Step("detach", (sql.detach(schema, parent, name, False),))]
     if mode == "drop":
-        steps.append(Step("drop", (sql.drop(schema, name),)))
+        steps.append(Step("drop", (sql.drop(schema, name, bool(cascade)),)))
         return steps
     if foreign_keys:
         # A detached table keeps the foreign keys it inherited: they would block deleting the
@@ -416,6 +423,7 @@ def _table_plan(
     settings: PartitionSettings,
     ahead: int | None,
     retain: int | None,
+    cascade: bool,
 ) -> TablePlan | None:
     declared = partitioning_of(model)
     assert isinstance(declared, MonthlyPartitioning)
@@ -501,20 +509,25 @@ def _table_plan(
                         "tenant's schema; set PARTITIONS.ARCHIVE_SCHEMA to a name no tenant has"
                     )
                     continue
+            dependents: tuple[str, ...] = ()
             if mode == "drop":
-                dependents = catalog.dependent_objects(using, schema, partition.name)
-                if dependents:
+                dependents = tuple(catalog.dependent_objects(using, schema, partition.name))
+                if dependents and not cascade:
                     problems.append(
                         f"cannot drop {partition.name}: {', '.join(dependents)} depend(s) on "
-                        "it; drop or change them, then rerun apply"
+                        "it; drop or change them, then rerun apply (or drop them along with "
+                        "it: --cascade, or PARTITIONS.DROP_CASCADE)"
                     )
                     continue
             fks = catalog.foreign_keys(using, schema, partition.name)
             steps = retention_steps(
-                mode, schema, table, partition, state.default is None, settings, fks
+                mode, schema, table, partition, state.default is None, settings, fks, dependents
             )
             actions.append(
-                Action(mode, partition.name, partition.start, partition.end, 0, tuple(steps))
+                Action(
+                    mode, partition.name, partition.start, partition.end, 0, tuple(steps),
+                    dependents,
+                )
             )
     for month, count in sorted(in_default.items()):
         if cutoff is not None and add_months(month, 1) <= cutoff:
@@ -570,16 +583,23 @@ def plan(
     ahead: int | None = None,
     retain: int | None = None,
     now: dt.datetime | None = None,
+    cascade: bool | None = None,
 ) -> Plan:
-    """What ``apply`` would do now in the connection's current schema (tenant or public)."""
+    """What ``apply`` would do now in the connection's current schema (tenant or public).
+
+    ``cascade`` (default: ``PARTITIONS.DROP_CASCADE``): retention may drop a partition that
+    views depend on, and them with it; the plan lists them, and ``apply`` drops nothing else.
+    """
     validate_months(ahead, retain)
     settings = partition_settings()
+    if cascade is None:
+        cascade = settings.drop_cascade
     chosen = resolve_models(models_)
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     schema = catalog.current_schema(using)
     tables = []
     for model in chosen:
-        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain)
+        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
         if table_plan is None:
             if models_:
                 raise PartitionError(

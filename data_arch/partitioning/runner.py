@@ -381,22 +381,41 @@ def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.Tab
         return False
     steps = retention_steps(
         action.kind, schema, table.table, partition, state.default is None, runner.settings,
-        catalog.foreign_keys(using, schema, partition.name),
+        catalog.foreign_keys(using, schema, partition.name), action.cascade,
     )
     if action.kind == "drop":
-        dependents = catalog.dependent_objects(using, schema, partition.name)
-        if dependents:
-            raise MaintenanceError(
-                f"{', '.join(dependents)} depend(s) on {partition.name}; not dropped"
-            )
+        _refuse_unplanned_dependents(using, schema, partition.name, action)
     parent = [sql.qualified(schema, table.table)]
     for step in steps:
+        statements: list[Any] = list(step.statements)
+        if step.name == "drop":
+            # Locked, then compared again: a view made since the check above is not dropped.
+            statements = [
+                sql.lock_detached(schema, partition.name),
+                lambda _: _refuse_unplanned_dependents(using, schema, partition.name, action),
+                *statements,
+            ]
         if not step.atomic:
             runner.wait_for_quiet(parent)
             runner.bare(step.statements[0])
         else:
             runner.transaction(
-                schema, table.table, list(step.statements),
+                schema, table.table, statements,
                 parent if step.name in ("detach", "finalize") else None,
             )
     return True
+
+
+def _refuse_unplanned_dependents(using: str, schema: str, name: str, action: Action) -> None:
+    """A drop takes along only the dependents its plan listed (none without --cascade)."""
+    unplanned = [
+        d for d in catalog.dependent_objects(using, schema, name) if d not in action.cascade
+    ]
+    if not unplanned:
+        return
+    how = (
+        "they appeared after the plan was made; plan again to see them"
+        if action.cascade
+        else "drop or change them, or drop them along with it: --cascade (PARTITIONS.DROP_CASCADE)"
+    )
+    raise MaintenanceError(f"{', '.join(unplanned)} depend(s) on {name}; not dropped ({how})")

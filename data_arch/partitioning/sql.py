@@ -302,8 +302,14 @@ def detach(schema: str, parent: str, name: str, concurrently: bool) -> str:
     )
 
 
-def drop(schema: str, name: str) -> str:
-    return f"DROP TABLE {qualified(schema, name)}"
+def drop(schema: str, name: str, cascade: bool = False) -> str:
+    return f"DROP TABLE {qualified(schema, name)}{' CASCADE' if cascade else ''}"
+
+
+def lock_detached(schema: str, name: str) -> str:
+    """A detached table, locked before its dependents are compared with the plan's: no view can
+    be created on it between that comparison and the drop."""
+    return f"LOCK TABLE {qualified(schema, name)} IN ACCESS EXCLUSIVE MODE"
 
 
 def create_schema(schema: str) -> str:

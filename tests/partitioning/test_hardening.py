@@ -210,6 +210,80 @@ def test_a_dependent_view_keeps_its_partition_and_is_reported(events):
         execute(events, "DROP VIEW IF EXISTS january")
 
 
+def _relation_exists(schema: str, name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [sql.qualified(schema, name)])
+        return cursor.fetchone()[0]
+
+
+def test_cascade_is_an_explicit_opt_in_and_the_plan_names_what_it_takes_along(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    execute(events, "CREATE VIEW january AS SELECT * FROM events_event_p2026_01")
+    try:
+        the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW, cascade=True)
+        table = the_plan.tables[0]
+        assert [a.partition for a in table.actions if a.kind == "drop"] == [
+            "events_event_p2026_01", "events_event_p2026_02",
+        ]
+        assert table.blocked == ()
+        [january] = [a for a in table.actions if a.partition == "events_event_p2026_01"]
+        assert january.cascade == ("january",)
+        assert "CASCADE" in " ".join(january.statements) and "january" in str(the_plan)
+        assert ok(apply(the_plan))
+        assert not _relation_exists(events, "january")
+        assert "events_event_p2026_01" not in months_after_apply(events)
+    finally:
+        execute(events, "DROP VIEW IF EXISTS january")
+
+
+def test_a_dependent_that_appears_after_the_plan_is_not_dropped_by_cascade(events):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW, cascade=True)
+    execute(events, "CREATE VIEW january AS SELECT * FROM events_event_p2026_01")
+    try:
+        result = apply(the_plan)
+        assert [f.action for f in result.failures] == ["drop events_event_p2026_01"]
+        assert "january" in result.failures[0].error
+        assert _relation_exists(events, "january")  # never dropped without being shown
+        assert "events_event_p2026_01" in months_after_apply(events)
+        assert "events_event_p2026_02" not in months_after_apply(events)
+    finally:
+        execute(events, "DROP VIEW IF EXISTS january")
+
+
+def test_cascade_comes_from_the_setting_or_the_command_option(events, capsys):
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    execute(events, "CREATE VIEW january AS SELECT * FROM events_event_p2026_01")
+    execute(events, "CREATE VIEW february AS SELECT * FROM events_event_p2026_02")
+    try:
+        with override_settings(DATA_ARCH={"PARTITIONS": {"DROP_CASCADE": True}}):
+            the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+        assert next(a.cascade for a in the_plan.tables[0].actions if a.kind == "drop")
+        # The command: refused without --cascade (non-zero exit, the view stays) ...
+        with pytest.raises(CommandError, match="failure"):
+            call_command("partitions", "apply", "--tenant", events, "--retain", "3", "--yes")
+        assert "--cascade" in capsys.readouterr().err
+        assert _relation_exists(events, "january")
+        # ... and done with it.
+        call_command(
+            "partitions", "apply", "--tenant", events, "--retain", "3", "--yes", "--cascade"
+        )
+        assert not _relation_exists(events, "january")
+        assert not _relation_exists(events, "february")
+    finally:
+        execute(events, "DROP VIEW IF EXISTS january")
+        execute(events, "DROP VIEW IF EXISTS february")
+
+
+def test_a_malformed_drop_cascade_setting_is_a_configuration_error():
+    from data_arch.checks import check_settings
+
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DROP_CASCADE": "yes"}}):
+        errors = check_settings()
+    assert [e.id for e in errors] == ["data_arch.E001"]
+    assert "DATA_ARCH['PARTITIONS']['DROP_CASCADE'] must be True or False" in errors[0].msg
+
+
 def test_an_interrupted_detach_concurrently_is_finished_with_finalize(events):
     apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
     execute(events, f"DROP TABLE {sql.quote(TABLE + '_default')}")
