@@ -150,6 +150,23 @@ def current_schema(using: str) -> str:
         return cursor.fetchone()[0]
 
 
+def behind_pooler(using: str) -> bool:
+    """Whether ``using`` talks to PostgreSQL through a connection pooler such as PgBouncer.
+
+    A pooler gives its clients a cancel key of its own, so the process id the client was told
+    at connect time (BackendKeyData) is not the server process that runs its statements.
+    Behind a transaction pooler a session setting lands on a server connection that other
+    clients get next, and consecutive statements may run on different ones.
+    """
+    connection = connections[using]
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        server_pid = cursor.fetchone()[0]
+    told = getattr(getattr(connection.connection, "info", None), "backend_pid", server_pid)
+    return told != server_pid
+
+
 def table_oid(using: str, schema: str, table: str) -> tuple[int, bool] | None:
     with connections[using].cursor() as cursor:
         cursor.execute(

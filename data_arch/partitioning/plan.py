@@ -313,16 +313,17 @@ def retention_steps(
     schema: str,
     parent: str,
     partition: catalog.Partition,
-    no_default: bool,
+    concurrently: bool,
     settings: PartitionSettings,
     foreign_keys: list[str],
     cascade: tuple[str, ...] = (),
 ) -> list[Step]:
-    """The steps retiring ``partition``; ``cascade``: the dependents a drop takes along."""
+    """The steps retiring ``partition``; ``concurrently``: see :func:`detach_concurrently`;
+    ``cascade``: the dependents a drop takes along."""
     name = partition.name
     if partition.detach_pending:
         steps = [Step("finalize", (sql.finalize_detach(schema, parent, name),))]
-    elif settings.detach_concurrently and no_default:
+    elif concurrently:
         steps = [Step("detach", (sql.detach(schema, parent, name, True),), atomic=False)]
     else:
         steps = [Step("detach", (sql.detach(schema, parent, name, False),))]
@@ -345,6 +346,15 @@ def retention_steps(
             Step("archive", (sql.create_schema(target), sql.set_schema(schema, name, target)))
         )
     return steps
+
+
+def detach_concurrently(using: str, settings: PartitionSettings, has_default: bool) -> bool:
+    """Whether retention detaches with ``DETACH ... CONCURRENTLY``: asked for, no default
+    partition (PostgreSQL refuses it then), and a direct connection. The statement cannot run
+    in a transaction, so its ``lock_timeout`` is a session setting: behind a transaction pooler
+    that setting would reach other clients, and the statement might not even run on the server
+    connection that has it. Through a pooler, a plain DETACH under ``SET LOCAL`` instead."""
+    return settings.detach_concurrently and not has_default and not catalog.behind_pooler(using)
 
 
 def create_steps(
@@ -492,6 +502,14 @@ def _table_plan(
             row_security=security,
         )
         actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
+    concurrently = detach_concurrently(using, settings, state.default is not None)
+    if settings.detach_concurrently and state.default is None and not concurrently:
+        problems.append(
+            f"DETACH_CONCURRENTLY: {using!r} goes through a connection pooler, where the "
+            "session lock_timeout of DETACH ... CONCURRENTLY would reach other clients; "
+            "retention detaches in a transaction instead (use a direct connection to detach "
+            "concurrently)"
+        )
     if cutoff is not None:
         tenant_schemas: set[str] | None = None
         for partition in ranged:
@@ -521,7 +539,7 @@ def _table_plan(
                     continue
             fks = catalog.foreign_keys(using, schema, partition.name)
             steps = retention_steps(
-                mode, schema, table, partition, state.default is None, settings, fks, dependents
+                mode, schema, table, partition, concurrently, settings, fks, dependents
             )
             actions.append(
                 Action(

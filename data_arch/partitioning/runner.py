@@ -30,6 +30,7 @@ from data_arch.partitioning.plan import (
     TablePlan,
     _name_clash,
     create_steps,
+    detach_concurrently,
     retention_steps,
 )
 
@@ -379,8 +380,11 @@ def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.Tab
     partition = next((p for p in state.partitions if p.name == action.partition), None)
     if partition is None or partition.is_default:
         return False
+    concurrently = any(not step.atomic for step in action.steps) and detach_concurrently(
+        using, runner.settings, state.default is not None
+    )
     steps = retention_steps(
-        action.kind, schema, table.table, partition, state.default is None, runner.settings,
+        action.kind, schema, table.table, partition, concurrently, runner.settings,
         catalog.foreign_keys(using, schema, partition.name), action.cascade,
     )
     if action.kind == "drop":
