@@ -429,3 +429,44 @@ def partitions_without_row_security(using: str, schema: str, table: str) -> list
             [sql.qualified(schema, table)],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Carried:
+    """What a new partition takes over that ``CREATE TABLE (LIKE ...)`` does not copy."""
+
+    #: storage parameters (``pg_class.reloptions``) of the partition nearest the new month
+    reloptions: tuple[str, ...] = ()
+    #: the parent's table comment
+    comment: str | None = None
+    #: (column, the parent's identity sequence): numbers rows inserted into the partition
+    #: directly, as the parent numbers rows inserted through it (PostgreSQL < 17 does not)
+    identity: tuple[tuple[str, str], ...] = ()
+
+
+def carried(using: str, schema: str, table: str, state: TableState, start: dt.datetime) -> Carried:
+    ordinary = [p for p in state.ranged if p.kind == "r" and p.start is not None]
+    before = [p for p in ordinary if p.start <= start]
+    nearest = before[-1] if before else (ordinary[0] if ordinary else None)
+    with connections[using].cursor() as cursor:
+        reloptions: tuple[str, ...] = ()
+        if nearest is not None:
+            cursor.execute(
+                "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+                [sql.qualified(schema, nearest.name)],
+            )
+            reloptions = tuple(cursor.fetchone()[0] or ())
+        cursor.execute(
+            "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
+        )
+        comment = cursor.fetchone()[0]
+        identity: tuple[tuple[str, str], ...] = ()
+        if connections[using].pg_version < 170000:
+            cursor.execute(
+                "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND a.attidentity <> '' ORDER BY a.attnum",
+                [sql.qualified(schema, table), sql.qualified(schema, table)],
+            )
+            identity = tuple((name, sequence) for name, sequence in cursor.fetchall() if sequence)
+    return Carried(reloptions, comment, identity)

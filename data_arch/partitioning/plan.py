@@ -68,6 +68,9 @@ class Action:
     steps: tuple[Step, ...] = ()
     #: a drop with CASCADE (opted in): the objects that depend on the partition and go with it
     cascade: tuple[str, ...] = ()
+    #: a create's statements after CREATE TABLE (LIKE ...): storage parameters, comment,
+    #: identity default, row-level security (also in ``steps``; :meth:`Plan.sql` uses them)
+    setup: tuple[str, ...] = ()
 
     @property
     def statements(self) -> tuple[str, ...]:
@@ -208,6 +211,7 @@ def _script(table: TablePlan, action: Action) -> list[str]:
     schema, name = table.schema, action.partition
     statements = [
         *sql.create_standalone(schema, table.table, name, table.column, action.start, action.end),
+        *action.setup,
         *sql.lock_in_dml_order(
             schema,
             table.table,
@@ -375,6 +379,7 @@ def create_steps(
     captured: bool = False,
     foreign_keys: list[tuple[str, str]] | None = None,
     row_security: catalog.RowSecurity | None = None,
+    carried: catalog.Carried | None = None,
 ) -> list[Step]:
     """The steps that create one month's partition (see the README's lock table).
 
@@ -387,6 +392,7 @@ def create_steps(
     """
     stage = [] if staged else [
         *sql.create_standalone(schema, table, name, column, start, end),
+        *sql.carry(schema, name, carried),
         *sql.copy_row_security(schema, name, row_security),
     ]
     finish = [sql.attach(schema, table, name, start, end), sql.drop_bounds_check(schema, name)]
@@ -493,6 +499,7 @@ def _table_plan(
             problems.append(clash)
             continue
         drain = bool(in_default.get(start))
+        carried = catalog.carried(using, schema, table, state, start)
         steps = create_steps(
             schema, table, name, column, start, end, default, list(referenced),
             catalog.primary_key_columns(using, schema, table) if drain else [],
@@ -500,8 +507,14 @@ def _table_plan(
             settings.drain_batch_size, drain=drain, staged=False,
             foreign_keys=catalog.foreign_key_definitions(using, schema, table) if drain else None,
             row_security=security,
+            carried=carried,
         )
-        actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
+        setup = (*sql.carry(schema, name, carried), *sql.copy_row_security(schema, name, security))
+        actions.append(
+            Action(
+                "create", name, start, end, in_default.get(start, 0), tuple(steps), setup=setup
+            )
+        )
     concurrently = detach_concurrently(using, settings, state.default is not None)
     if settings.detach_concurrently and state.default is None and not concurrently:
         problems.append(

@@ -338,6 +338,7 @@ def _create_once(
             schema, table.table, name, table.column, action.start, action.end, default,
             referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
             row_security=catalog.row_security(using, schema, table.table),
+            carried=catalog.carried(using, schema, table.table, state, action.start),
         )
         statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
         if default:
@@ -360,6 +361,7 @@ def _create_once(
         runner.settings.drain_batch_size, drain=True, staged=staged, captured=captured,
         foreign_keys=catalog.foreign_key_definitions(using, schema, table.table),
         row_security=catalog.row_security(using, schema, table.table),
+        carried=catalog.carried(using, schema, table.table, state, action.start),
     )
     for step in steps:
         guard = _guard(schema, name, staged)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import zlib
 
 __all__ = ["default_name", "fit_name", "partition_name", "qualified", "quote"]
@@ -73,6 +74,37 @@ def create_standalone(
             f"AND {quote(column)} < {literal(end)})"
         ),
     ]
+
+
+_RELOPTION = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.DOTALL)
+
+
+def text_literal(value: str) -> str:
+    """A string literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def carry(schema: str, name: str, carried: object) -> list[str]:
+    """What LIKE does not copy onto a new partition: storage parameters, the table comment, the
+    identity sequence as the column default. The values are PostgreSQL's own catalog text."""
+    target = qualified(schema, name)
+    statements = []
+    options = []
+    for option in getattr(carried, "reloptions", ()):
+        match = _RELOPTION.match(option)
+        if match:
+            options.append(f"{match.group(1)} = {text_literal(match.group(2))}")
+    if options:
+        statements.append(f"ALTER TABLE {target} SET ({', '.join(options)})")
+    comment = getattr(carried, "comment", None)
+    if comment is not None:
+        statements.append(f"COMMENT ON TABLE {target} IS {text_literal(comment)}")
+    for column, sequence in getattr(carried, "identity", ()):
+        statements.append(
+            f"ALTER TABLE {target} ALTER COLUMN {quote(column)} SET DEFAULT "
+            f"nextval({text_literal(sequence)}::regclass)"
+        )
+    return statements
 
 
 def attach(schema: str, parent: str, name: str, start: dt.datetime, end: dt.datetime) -> str:

@@ -530,3 +530,50 @@ def test_a_sub_partitioned_child_is_reported_and_left_alone(events):
     assert any(p.startswith("events_event_sub is itself partitioned") for p in report.problems)
     result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
     assert ok(result) and len(result.done) == 2
+
+
+def _one(schema: str, query: str, params=None):  # noqa: ANN001
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchone()[0]
+
+
+def test_identity_storage_parameters_and_comments_reach_new_partitions(events):
+    """A partition created later behaves like the ones before it: the parent's identity
+    sequence numbers rows inserted into it directly, it keeps the storage parameters the
+    newest partition was given, and the parent's table and column comments."""
+    from example_project.events.models import Event
+
+    assert _one(
+        events, "SELECT attidentity FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attname = 'id'", [TABLE],
+    ) in ("a", "d")  # Django's ids are identity columns
+    apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+    execute(events, "ALTER TABLE events_event_p2026_07 SET (fillfactor = 70, "
+                    "autovacuum_vacuum_scale_factor = 0.01)")
+    execute(events, f"COMMENT ON TABLE {sql.quote(TABLE)} IS 'what tenants did, by month'")
+    execute(events, f"COMMENT ON COLUMN {sql.quote(TABLE)}.kind IS 'the tenant''s action'")
+    try:
+        result = apply(plan(models_=["events.Event"], ahead=3, now=NOW))
+        assert ok(result) and len(result.done) == 2
+        for name in ("events_event_p2026_08", "events_event_p2026_09"):
+            assert _one(
+                events, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", [name]
+            ) == ["fillfactor=70", "autovacuum_vacuum_scale_factor=0.01"]
+            assert _one(events, "SELECT obj_description(%s::regclass, 'pg_class')", [name]) == (
+                "what tenants did, by month"
+            )
+            assert _one(
+                events, "SELECT col_description(%s::regclass, attnum) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attname = 'kind'", [name, name],
+            ) == "the tenant's action"
+        before = Event.objects.create(occurred_at=at(2026, 8, 3), kind="login").pk
+        direct = _one(
+            events, "INSERT INTO events_event_p2026_08 (occurred_at, kind, payload) "
+            "VALUES (%s, 'login', '{}') RETURNING id", [at(2026, 8, 4)],
+        )
+        after = Event.objects.create(occurred_at=at(2026, 8, 5), kind="login").pk
+        assert before < direct < after  # one sequence numbers them all
+    finally:
+        execute(events, f"COMMENT ON TABLE {sql.quote(TABLE)} IS NULL")
+        execute(events, f"COMMENT ON COLUMN {sql.quote(TABLE)}.kind IS NULL")

@@ -1,6 +1,7 @@
 """Maintenance through PgBouncer in transaction mode: no lock that outlives a transaction."""
 
 import threading
+from typing import Self
 
 import pytest
 from django.db import connection, connections
@@ -94,7 +95,7 @@ class SettingWatcher:
             value = self.client.execute("SHOW lock_timeout").fetchone()[0]
             self.seen[value] = self.seen.get(value, 0) + 1
 
-    def __enter__(self) -> "SettingWatcher":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
