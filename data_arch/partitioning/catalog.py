@@ -20,8 +20,11 @@ __all__ = ["Partition", "TableState", "read_table"]
 _BOUND_RE = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)\s*$")
 
 
-#: Where a bound beyond year 9999 (PostgreSQL allows it, Python's datetime does not) is placed.
+#: Where a lower bound above every month (``'infinity'``, MAXVALUE, past year 9999: PostgreSQL
+#: allows them, Python's datetime does not) is placed; such a partition holds no month.
 FAR_FUTURE = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
+#: Where an upper bound below every month (``'-infinity'``, MINVALUE, a BC date) is placed.
+FAR_PAST = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Partition:
     kind: str = "r"
     #: an interrupted ``DETACH ... CONCURRENTLY`` left it pending (pg_inherits.inhdetachpending)
     detach_pending: bool = False
+    #: the bounds as PostgreSQL prints them (``MINVALUE``, ``'infinity'``, ...); None: DEFAULT
+    bounds: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +93,7 @@ class TableState:
             if not p.is_default
             and p.start is not None
             and p.end is not None
-            and p.end != FAR_FUTURE
+            and p.end not in (FAR_FUTURE, FAR_PAST)
             and p.start != FAR_FUTURE
             and any(b.day != 1 or b.hour or b.minute or b.second for b in (p.start, p.end))
         ]
@@ -112,16 +117,24 @@ class TableState:
 
 
 def _parse_bound(text: str, *, upper: bool) -> dt.datetime | None:
+    """A bound as a UTC datetime. Below every datetime: None as a lower bound (open), FAR_PAST
+    as an upper one; above every datetime: None as an upper bound (open), FAR_FUTURE as a
+    lower one. So ``FROM ('infinity') TO (MAXVALUE)`` covers no month, and neither does
+    ``FROM (MINVALUE) TO ('-infinity')``."""
     text = text.strip().strip("'")
-    if text.upper() in ("MINVALUE", "MAXVALUE", "INFINITY", "-INFINITY"):
-        return None
+    below = FAR_PAST if upper else None
+    above = None if upper else FAR_FUTURE
+    if text.upper() in ("MINVALUE", "-INFINITY"):
+        return below
+    if text.upper() in ("MAXVALUE", "INFINITY"):
+        return above
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         # Years past 9999 (or a BC date) are legal bounds that datetime cannot hold.
         if text.endswith(" BC") or text.startswith("-"):
-            return None
-        return None if upper else FAR_FUTURE
+            return below
+        return above
     if value.tzinfo is None:  # a timestamp without time zone column: read as UTC
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
@@ -130,14 +143,20 @@ def _parse_bound(text: str, *, upper: bool) -> dt.datetime | None:
 def parse_bounds(expression: str) -> tuple[bool, dt.datetime | None, dt.datetime | None]:
     if expression.strip() == "DEFAULT":
         return True, None, None
+    match = bound_texts(expression)
+    return (
+        False,
+        _parse_bound(match[0], upper=False),
+        _parse_bound(match[1], upper=True),
+    )
+
+
+def bound_texts(expression: str) -> tuple[str, str]:
+    """(FROM, TO) of a range partition's ``pg_get_expr(relpartbound)``, quotes removed."""
     match = _BOUND_RE.match(expression.strip())
     if not match:
         raise ValueError(f"unexpected partition bound {expression!r}")
-    return (
-        False,
-        _parse_bound(match.group(1), upper=False),
-        _parse_bound(match.group(2), upper=True),
-    )
+    return match.group(1).strip().strip("'"), match.group(2).strip().strip("'")
 
 
 def current_schema(using: str) -> str:
@@ -198,18 +217,23 @@ def read_table(
         for name, bound, size, rows, kind, pending in cursor.fetchall():
             is_default, start, end = parse_bounds(bound)
             partitions.append(
-                Partition(name, start, end, is_default, size, rows, kind, bool(pending))
+                Partition(
+                    name, start, end, is_default, size, rows, kind, bool(pending),
+                    None if is_default else bound_texts(bound),
+                )
             )
         default = next((p for p in partitions if p.is_default), None)
         default_rows = 0
         if default is not None:
             cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, default.name)}")
             default_rows = cursor.fetchone()[0]
-        # Partitioned indexes of the parent and, per partition, whether a child index is attached.
+        # Partitioned indexes of the parent and, per partition, whether a child index is attached
+        # (a foreign table has no indexes of its own: not drift).
         cursor.execute(
             "SELECT pi.relname, part.relname FROM pg_index x "
             "JOIN pg_class pi ON pi.oid = x.indexrelid AND pi.relkind = 'I' "
             "CROSS JOIN pg_inherits ih JOIN pg_class part ON part.oid = ih.inhrelid "
+            "AND part.relkind <> 'f' "
             "WHERE x.indrelid = %(oid)s AND ih.inhparent = %(oid)s AND NOT EXISTS ("
             "  SELECT 1 FROM pg_inherits ii JOIN pg_index cx ON cx.indexrelid = ii.inhrelid "
             "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid)",

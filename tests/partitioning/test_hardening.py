@@ -126,7 +126,8 @@ def test_all_tenants_goes_on_past_a_broken_tenant_and_exits_non_zero(events, cap
         with pytest.raises(CommandError, match="failure"):
             call_command("partitions", "apply", "--all-tenants", "--yes")
         call_command("partitions", "status", "--all-tenants")  # reads MAXVALUE / -infinity
-        assert check_partition_health(databases=["default"]) is not None
+        health = check_partition_health(databases=["default"])  # read, never raised or W202
+        assert [w.id for w in health if w.id == "data_arch.W202"] == []
     err = capsys.readouterr().err
     assert f"tenant_a: {events}.{TABLE}: cannot create {sql.partition_name(TABLE, nxt)}" in err
     # tenant_b got every month; tenant_a got every month but the blocked one.
@@ -532,7 +533,7 @@ def test_a_sub_partitioned_child_is_reported_and_left_alone(events):
     assert ok(result) and len(result.done) == 2
 
 
-def _one(schema: str, query: str, params=None):  # noqa: ANN001
+def _one(schema: str, query: str, params=None):
     with schema_context(schema), connection.cursor() as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()[0]
@@ -577,3 +578,78 @@ def test_identity_storage_parameters_and_comments_reach_new_partitions(events):
     finally:
         execute(events, f"COMMENT ON TABLE {sql.quote(TABLE)} IS NULL")
         execute(events, f"COMMENT ON COLUMN {sql.quote(TABLE)}.kind IS NULL")
+
+
+def test_open_and_far_bounds_never_break_status_plan_apply_or_migrate(events, capsys):
+    """MINVALUE, '-infinity', a bound past year 9999, 'infinity' and MAXVALUE, all on one
+    table: read as open ends, left alone by retention, and never an exception -- not in the
+    health check that ``migrate`` runs either."""
+    bounds = {
+        "events_event_minvalue": "(MINVALUE) TO ('-infinity')",
+        "events_event_ancient": "('-infinity') TO ('1990-01-01+00')",
+        "events_event_far": "('2090-01-01+00') TO ('12000-01-01+00')",
+        "events_event_beyond": "('12000-01-01+00') TO ('infinity')",
+        "events_event_maxvalue": "('infinity') TO (MAXVALUE)",
+    }
+    for name, bound in bounds.items():
+        execute(events, f"CREATE TABLE {name} PARTITION OF {sql.quote(TABLE)} FOR VALUES FROM {bound}")
+    [report] = status(now=NOW)
+    shown = {p.name: (p.start, p.end) for p in report.partitions}
+    assert shown["events_event_minvalue"] == ("MINVALUE", "-infinity")
+    assert shown["events_event_ancient"] == ("-infinity", "1990-01-01T00:00:00+00:00")
+    assert shown["events_event_far"] == ("2090-01-01T00:00:00+00:00", "12000-01-01 00:00:00+00")
+    assert shown["events_event_beyond"] == ("12000-01-01 00:00:00+00", "infinity")
+    assert shown["events_event_maxvalue"] == ("infinity", "MAXVALUE")
+    assert not report.covers_current  # none of them holds a month of today
+    the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW)
+    assert [a.kind for a in the_plan.tables[0].actions] == ["create"] * 4
+    result = apply(the_plan)
+    assert ok(result) and len(result.done) == 4
+    assert set(bounds) <= months_after_apply(events)
+    for argv in (["apply", "--yes"], ["status", "--format", "json"], ["plan", "--format", "sql"]):
+        call_command("partitions", *argv, "--tenant", events)
+    with schema_context("public"):
+        warnings = check_partition_health(databases=["default"])
+        assert [w.id for w in warnings if w.id == "data_arch.W202"] == []
+        call_command("migrate", "--schema", events, skip_checks=False, verbosity=0)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_foreign_table_partition_is_reported_and_left_alone(events):
+    """PostgreSQL allows a foreign partition only when the parent has no unique index and no
+    foreign key, so the test takes those off the (empty) table for its duration."""
+    with schema_context(events), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+            "%s::regclass AND contype IN ('p', 'f') AND conparentid = 0 ORDER BY contype DESC",
+            [TABLE],
+        )
+        keys = cursor.fetchall()
+    for name, _ in keys:
+        execute(events, f"ALTER TABLE {sql.quote(TABLE)} DROP CONSTRAINT {sql.quote(name)}")
+    execute(events, "CREATE FOREIGN DATA WRAPPER partition_test_fdw")
+    execute(events, "CREATE SERVER partition_test_server FOREIGN DATA WRAPPER partition_test_fdw")
+    try:
+        execute(
+            events,
+            f"CREATE FOREIGN TABLE events_event_remote PARTITION OF {sql.quote(TABLE)} "
+            "FOR VALUES FROM ('2040-01-01+00') TO ('2041-01-01+00') SERVER partition_test_server",
+        )
+        report = status(now=NOW)[0]
+        assert any(p.startswith("events_event_remote is a foreign table") for p in report.problems)
+        assert "events_event_remote" not in str(report.index_drift)  # it cannot have indexes
+        the_plan = plan(models_=["events.Event"], ahead=1, retain=3, now=at(2045, 6, 15))
+        assert "events_event_remote" not in [a.partition for a in the_plan.tables[0].actions]
+        result = apply(plan(models_=["events.Event"], ahead=1, now=NOW))
+        assert ok(result) and len(result.done) == 2
+        with schema_context("public"):
+            warnings = check_partition_health(databases=["default"])
+        assert [w.id for w in warnings if w.id == "data_arch.W202"] == []
+    finally:
+        execute(events, "DROP FOREIGN TABLE IF EXISTS events_event_remote")
+        execute(events, "DROP SERVER IF EXISTS partition_test_server")
+        execute(events, "DROP FOREIGN DATA WRAPPER IF EXISTS partition_test_fdw")
+        execute(events, f"TRUNCATE {sql.quote(TABLE)}")
+        for name, definition in reversed(keys):
+            execute(events, f"ALTER TABLE {sql.quote(TABLE)} ADD CONSTRAINT {sql.quote(name)} "
+                            f"{definition}")
