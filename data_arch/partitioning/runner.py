@@ -121,6 +121,8 @@ class Runner:
         self.settings = settings
         self.result = result
         self.sleep = sleep
+        #: drains copied and waiting for the table's shared swap (None: each swaps alone)
+        self.pending: list[Action] | None = None
 
     def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
@@ -179,11 +181,16 @@ class Runner:
                     count = 0
                     started = time.perf_counter()
                     for statement in statements:
+                        began = time.perf_counter()
                         if callable(statement):
                             statement(cursor)
                         else:
                             cursor.execute(statement)
                             count = cursor.rowcount
+                        spent = (time.perf_counter() - began) * 1000
+                        if spent >= 20:
+                            logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
+                                         getattr(statement, "__name__", statement))
                     logger.debug(
                         "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
                         len(statements), (time.perf_counter() - started) * 1000,
@@ -238,25 +245,181 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         )
     result = ApplyResult()
     runner = Runner(using, settings, result)
+
+    def label_of(table: TablePlan, action: Action) -> str:
+        return f"{table.schema}.{table.table}: {action.kind} {action.partition}"
+
+    def failed(table: TablePlan, action: Action, exc: BaseException) -> None:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        logger.warning("%s failed: %s", label_of(table, action), message)
+        result.failures.append(
+            Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
+        )
+
+    def finished(table: TablePlan, action: Action, changed: bool) -> None:
+        (result.done if changed else result.skipped).append(label_of(table, action))
+        if on_progress:
+            on_progress(label_of(table, action))
+
+    def swap_pending(table: TablePlan, drains: list[Action], shared: bool) -> None:
+        pending, runner.pending = runner.pending or [], []
+        if not pending:
+            return
+        # Together only when every planned drain is here: the TRUNCATE keeps rows outside the
+        # drained months only if the trigger recorded them (a failed month's were not).
+        together = shared and [a.partition for a in pending] == [a.partition for a in drains]
+        try:
+            outcomes = _swap_together(runner, table, pending, together, shared)
+        except (DatabaseError, MaintenanceError) as exc:
+            outcomes = [(action, exc) for action in pending]
+        for action, error in outcomes:
+            if error is None:
+                finished(table, action, True)
+            else:
+                failed(table, action, error)
+
     for table in the_plan.tables:
-        for action in table.actions:
-            label = f"{table.schema}.{table.table}: {action.kind} {action.partition}"
+        # Months with rows in the default first: they are copied one by one, then swapped in
+        # together, so the months attached after them find the default (which every ATTACH
+        # scans under lock) already empty.
+        drains = [a for a in table.actions if a.kind == "create" and a.default_rows]
+        ordered = drains + [a for a in table.actions if a not in drains]
+        shared = _prepare_shared_swap(runner, table, drains)
+        runner.pending = []
+        for action in ordered:
+            if runner.pending and action not in drains:
+                swap_pending(table, drains, shared)
             try:
                 changed = _apply_action(runner, table, action)
             except MaintenanceBusy as exc:
                 result.failures.append(Failure(table.schema, table.table, action.kind, str(exc)))
                 break  # the other run is maintaining this table
             except (DatabaseError, MaintenanceError) as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                logger.warning("%s failed: %s", label, message)
-                result.failures.append(
-                    Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
-                )
+                failed(table, action, exc)
                 continue
-            (result.done if changed else result.skipped).append(label)
-            if on_progress:
-                on_progress(label)
+            if runner.pending and runner.pending[-1] is action:
+                continue  # reported with the shared swap
+            finished(table, action, changed)
+        swap_pending(table, drains, shared)
+        runner.pending = None
     return result
+
+
+def _after_shared_swap(
+    runner: Runner, table: TablePlan, default: str, pending: list[Action]
+) -> None:
+    """What the shared swap left for later: each month's capture and its bounds CHECK (which
+    LIKE + CHECK + ATTACH needs only until the ATTACH), one short transaction each."""
+    schema = table.schema
+    for a in pending:
+        runner.transaction(
+            schema, table.table,
+            [
+                f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(a.partition))} ON "
+                f"{sql.qualified(schema, default)}",
+                *sql.drop_capture(schema, a.partition),
+            ],
+        )
+    for a in pending:
+        runner.transaction(
+            schema, table.table, [sql.drop_bounds_check(schema, a.partition)],
+            [sql.qualified(schema, a.partition)],
+        )
+
+
+def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action]) -> bool:
+    """Whether the table's drains can be swapped in together (see :func:`_swap_together`).
+
+    Before any copy: a trigger starts recording every row that reaches the default outside
+    the drained months; then, if the default holds no other row that trigger has not recorded,
+    emptying it later with TRUNCATE loses nothing, provided the recorded rows are kept.
+    """
+    using, schema = runner.using, table.schema
+    state = catalog.read_table(using, schema, table.table, table.column)
+    default = state.default.name if state and state.default else None
+    if not drains or default is None:
+        return False
+    ranges = [(a.start, a.end) for a in drains]
+    key = catalog.primary_key_columns(using, schema, table.table)
+    try:
+        runner.transaction(
+            schema, table.table,
+            list(sql.create_stranger_capture(schema, default, key, table.column, ranges)),
+        )
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.holds_only(schema, default, key, table.column, ranges))
+            if cursor.fetchone()[0]:
+                return True
+        runner.transaction(schema, table.table, list(sql.drop_stranger_capture(schema, default)))
+    except (DatabaseError, MaintenanceError) as exc:
+        logger.info("%s.%s: drains swapped one by one: %s", schema, table.table, exc)
+    return False
+
+
+def _swap_together(
+    runner: Runner, table: TablePlan, pending: list[Action], shared: bool, installed: bool
+) -> list[tuple[Action, BaseException | None]]:
+    """Swap in the copied months of one table in one short transaction.
+
+    When ``shared`` (:func:`_prepare_shared_swap` said so, and every planned drain got this
+    far), the default is emptied with one TRUNCATE, keeping the rows recorded as arriving
+    outside the drained months, and every month is attached after it: no ATTACH scans a big
+    default and nothing is deleted row by row under the lock. Otherwise (rows older than
+    retention sit in the default too, or a drain failed) each month is swapped alone,
+    deleting its rows from the default.
+    """
+    using, schema = runner.using, table.schema
+    state = catalog.read_table(using, schema, table.table, table.column)
+    default = state.default.name if state and state.default else None
+    if default is not None and shared:
+        ranges = [(a.start, a.end) for a in pending]
+        key = catalog.primary_key_columns(using, schema, table.table)
+        columns = catalog.columns(using, schema, table.table)
+        referenced = catalog.referenced_tables(using, schema, table.table)
+        # Under the lock everyone waits, so: statistics before it, one round trip for all
+        # the work under it, and the capture's leftovers dropped after it.
+        # The capture triggers stay until after it: once the months are attached, none of
+        # their rows can reach the default again, and TRUNCATE fires no row trigger.
+        locked = ["SET CONSTRAINTS ALL IMMEDIATE"]  # Django's FKs are DEFERRABLE: see swap()
+        for a in pending:
+            locked += sql.recopy(
+                schema, default, a.partition, key, table.column, columns, a.start, a.end
+            )[1:-1]
+        locked += sql.empty_default(schema, default, key, table.column, columns, ranges)
+        locked += [sql.attach(schema, table.table, a.partition, a.start, a.end) for a in pending]
+        statements: list[Any] = [
+            *(sql.analyze_changes(schema, a.partition) for a in pending),
+            f"ANALYZE {sql.qualified(schema, sql.strangers_name(default))}",
+            *sql.lock_in_dml_order(schema, table.table, default, referenced, "ACCESS EXCLUSIVE"),
+            *(_guard(schema, a.partition, True) for a in pending),
+            ";\n".join(locked),
+        ]
+        quiet = [*referenced, sql.qualified(schema, table.table), sql.qualified(schema, default)]
+        try:
+            runner.transaction(schema, table.table, statements, quiet)
+        except _Changed:
+            pass  # a concurrent run swapped some in: each goes on alone
+        else:
+            _after_shared_swap(runner, table, default, pending)
+            return [(a, None) for a in pending]
+    if default is not None and installed:
+        runner.transaction(
+            schema, table.table, list(sql.drop_stranger_capture(schema, default))
+        )
+    outcomes: list[tuple[Action, BaseException | None]] = []
+    saved, runner.pending = runner.pending, None
+    try:
+        for a in pending:
+            try:
+                fresh = catalog.read_table(using, schema, table.table, table.column)
+                if fresh is not None:
+                    _create(runner, table, a, fresh)
+                outcomes.append((a, None))
+            except (DatabaseError, MaintenanceError) as exc:
+                outcomes.append((a, exc))
+    finally:
+        runner.pending = saved
+    return outcomes
 
 
 def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
@@ -371,6 +534,9 @@ def _create_once(
                 runner.result.rows_moved += copied
                 if copied == 0:
                     break
+        elif step.name == "swap" and runner.pending is not None:
+            runner.pending.append(action)  # swapped in with the table's other drains
+            return True
         else:
             runner.transaction(schema, table.table, [guard, *step.statements], quiet)
         staged = True

@@ -229,6 +229,48 @@ def copy_batch(
     )
 
 
+def recopy(
+    schema: str,
+    default: str,
+    name: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> list[str]:
+    """Under the swap's locks: copy again the rows of [start, end) changed since the copy began,
+    and stop recording changes (the capture trigger goes before the default is emptied, or it
+    would record every row deleted)."""
+    cols = ", ".join(quote(c) for c in columns)
+    target, source = qualified(schema, name), qualified(schema, default)
+    changes = qualified(schema, changes_name(name))
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        analyze_changes(schema, name),
+        f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
+        (
+            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
+            f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
+            f"(SELECT {keys} FROM {changes})"
+        ),
+        f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+    ]
+
+
+def analyze_changes(schema: str, name: str) -> str:
+    # Never analyzed, the change table looks big to the planner, which would then scan the
+    # whole default (under the swap's lock) instead of looking its rows up by key.
+    return f"ANALYZE {qualified(schema, changes_name(name))}"
+
+
+def drop_capture(schema: str, name: str) -> list[str]:
+    return [
+        f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
+        f"DROP TABLE {qualified(schema, changes_name(name))}",
+    ]
+
+
 def swap(
     schema: str,
     default: str,
@@ -241,22 +283,12 @@ def swap(
 ) -> list[str]:
     """Under the attach locks: re-copy the rows changed since the copy began, empty the month
     from the default, and remove the capture (ATTACH follows in the same transaction)."""
-    cols = ", ".join(quote(c) for c in columns)
-    target, source = qualified(schema, name), qualified(schema, default)
-    changes = qualified(schema, changes_name(name))
-    keys = ", ".join(quote(c) for c in key)
+    source = qualified(schema, default)
     return [
         # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: checks queued until commit
         # would make the ATTACH below fail ("pending trigger events").
         "SET CONSTRAINTS ALL IMMEDIATE",
-        f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
-        (
-            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
-            f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
-            f"(SELECT {keys} FROM {changes})"
-        ),
-        # The trigger goes before the delete, or it would record every row deleted.
-        f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+        *recopy(schema, default, name, key, column, columns, start, end),
         # Emptying the month: when the default holds nothing else, TRUNCATE (no per-row work
         # under the lock); otherwise a DELETE of the month's rows.
         (
@@ -264,8 +296,101 @@ def swap(
             f"({_in_range('d', column, start, end)})) THEN DELETE FROM {source} d WHERE "
             f"{_in_range('d', column, start, end)}; ELSE TRUNCATE {source}; END IF; END $swap$"
         ),
-        f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
-        f"DROP TABLE {changes}",
+        *drop_capture(schema, name),
+    ]
+
+
+def stranger_name(default: str) -> str:
+    return fit_name(default, "_stranger")
+
+
+def strangers_name(default: str) -> str:
+    return fit_name(default, "_strangers")
+
+
+def _in_any(row: str, column: str, ranges: list[tuple[dt.datetime, dt.datetime]]) -> str:
+    return "(" + " OR ".join(f"({_in_range(row, column, s, e)})" for s, e in ranges) + ")"
+
+
+def create_stranger_capture(
+    schema: str,
+    default: str,
+    key: list[str],
+    column: str,
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> list[str]:
+    """Record the key of every row the default gains outside the months being drained (a NULL
+    key counts as outside): the rows a shared swap must keep when it empties the default."""
+    strangers = qualified(schema, strangers_name(default))
+    function = qualified(schema, stranger_name(default))
+    return [
+        (
+            f"CREATE TABLE IF NOT EXISTS {strangers} AS SELECT "
+            f"{', '.join(quote(c) for c in key)} FROM {qualified(schema, default)} WITH NO DATA"
+        ),
+        (
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$ BEGIN "
+            f"IF {_in_any('NEW', column, ranges)} IS NOT TRUE THEN "
+            f"INSERT INTO {strangers} VALUES {_row('NEW', key)}; END IF; RETURN NULL; END $body$"
+        ),
+        (
+            f"CREATE OR REPLACE TRIGGER {quote(stranger_name(default))} AFTER INSERT OR UPDATE "
+            f"ON {qualified(schema, default)} FOR EACH ROW EXECUTE FUNCTION {function}()"
+        ),
+    ]
+
+
+def drop_stranger_capture(schema: str, default: str) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {quote(stranger_name(default))} ON {qualified(schema, default)}",
+        f"DROP FUNCTION IF EXISTS {qualified(schema, stranger_name(default))}()",
+        f"DROP TABLE IF EXISTS {qualified(schema, strangers_name(default))}",
+    ]
+
+
+def holds_only(
+    schema: str,
+    default: str,
+    key: list[str],
+    column: str,
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> str:
+    """Whether every row of the default belongs to one of ``ranges`` or was recorded by the
+    stranger capture."""
+    keys = ", ".join(quote(c) for c in key)
+    return (
+        f"SELECT NOT EXISTS (SELECT 1 FROM {qualified(schema, default)} d WHERE "
+        f"{_in_any('d', column, ranges)} IS NOT TRUE AND {_row('d', key)} NOT IN "
+        f"(SELECT {keys} FROM {qualified(schema, strangers_name(default))}))"
+    )
+
+
+def empty_default(
+    schema: str,
+    default: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> list[str]:
+    """Empty the default of every drained month at once: TRUNCATE, keeping the few rows that
+    arrived outside those months meanwhile (recorded by the stranger capture)."""
+    cols = ", ".join(quote(c) for c in columns)
+    source, kept = qualified(schema, default), quote("data_arch_kept")
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        f"DROP TRIGGER {quote(stranger_name(default))} ON {source}",
+        (
+            f"CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS SELECT {cols} FROM {source} d "
+            f"WHERE {_row('d', key)} IN (SELECT {keys} FROM "
+            f"{qualified(schema, strangers_name(default))}) AND {_in_any('d', column, ranges)} "
+            "IS NOT TRUE"
+        ),
+        f"TRUNCATE {source}",
+        f"INSERT INTO {source} ({cols}) SELECT {cols} FROM {kept}",
+        f"DROP FUNCTION {qualified(schema, stranger_name(default))}()",
+        f"DROP TABLE {qualified(schema, strangers_name(default))}",
     ]
 
 

@@ -2,6 +2,7 @@
 ``apply`` creates months and drains the default, with a long reader on the parent."""
 
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
@@ -364,3 +365,140 @@ def _fetch(schema: str, statement: str, params=None) -> list:  # noqa: ANN001
     with schema_context(schema), connection.cursor() as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
+
+
+class StepTimes(logging.Handler):
+    """Collects the runner's per-step timings (its debug log) while the block runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, str]] = []
+        self.logger = logging.getLogger("data_arch.partitioning")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("%s.%s: step of"):
+            self.lines.append((record.args[-1], record.getMessage()))
+
+    def __enter__(self) -> "StepTimes":
+        self.level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+    def biggest(self) -> str:
+        """The step of the most statements (the shared swap of a drain)."""
+        return max(self.lines, key=lambda line: int(line[1].split("step of ")[1].split()[0]))[1]
+
+    def longest(self, count: int) -> list[str]:
+        return [line for _, line in sorted(self.lines, reverse=True)[:count]]
+
+
+def _fill_months(schema: str, months: list[dt.datetime], rows: int) -> None:
+    """``rows`` rows spread evenly over ``months``, loaded in one statement each."""
+    per_month, extra = divmod(rows, len(months))
+    with schema_context(schema), connection.cursor() as cursor:
+        for number, start in enumerate(months):
+            cursor.execute(
+                f"INSERT INTO {sql.qualified(schema, TABLE)} (occurred_at, kind, payload) "
+                "SELECT %s + (g %% 2419200) * interval '1 second', 'login', '{}' "
+                "FROM generate_series(1, %s) g",
+                [start, per_month + (number < extra)],
+            )
+
+
+@pytest.mark.slow
+def test_a_million_rows_outside_the_window_never_stall_the_streams_beyond_the_bound(events):
+    """Rows of past months still kept and of far-future months all sit in the default: each
+    month's ATTACH would scan every one of them under lock. Draining them must keep every
+    statement of the streams within LOCK_TIMEOUT_MS (plus a margin for a loaded machine)."""
+    lock_timeout_ms, margin_ms = 100, 250
+    current = month_start(dt.datetime.now(dt.UTC))
+    apply(plan(models_=["events.Event"], ahead=1))
+    outside = [add_months(current, -m) for m in range(1, 13)] + [
+        add_months(current, m) for m in range(24, 36)
+    ]
+    loaded = time.perf_counter()
+    _fill_months(events, outside, 1_000_000)
+    loaded = time.perf_counter() - loaded
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {sql.qualified(events, TABLE + '_default')}")
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE + '_default')}")
+        assert cursor.fetchone()[0] == 1_000_000
+    ids = [
+        e.pk
+        for e in Event.objects.bulk_create(
+            Event(occurred_at=dt.datetime.now(dt.UTC), kind="login") for _ in range(50)
+        )
+    ]
+    settings = {
+        "PARTITIONS": {
+            "LOCK_TIMEOUT_MS": lock_timeout_ms, "LOCK_RETRIES": 30, "DRAIN_BATCH_SIZE": 50_000,
+        }
+    }
+    steps = StepTimes()
+    started = time.perf_counter()
+    with busy_streams(events, ids) as streams, override_settings(DATA_ARCH=settings), steps:
+        time.sleep(0.2)
+        result = apply(plan(models_=["events.Event"], ahead=3))
+        time.sleep(0.2)
+    took = time.perf_counter() - started
+    print(f"longest maintenance steps: {steps.longest(3)}; shared swap: {steps.biggest()}")
+    stalls = streams.max_stall()
+    print(
+        f"1 M out-of-window rows: loaded in {loaded:.1f} s, {len(result.done)} months created "
+        f"in {took:.1f} s, {result.rows_moved} rows copied, {result.lock_retries} lock retries; "
+        "longest statement: "
+        + ", ".join(f"{name} {stall * 1000:.0f} ms" for name, stall in stalls.items())
+    )
+    assert getattr(result, "failures", []) == []
+    assert len(result.done) == 24 + 2
+    assert streams.errors == []
+    assert all(len(v) > 20 for v in streams.latencies.values())
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE + '_default')}")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE)}")
+        assert cursor.fetchone()[0] == 1_000_000 + 50 + sum(
+            len(v) for k, v in streams.latencies.items() if k == "insert"
+        )
+    assert all(stall <= (lock_timeout_ms + margin_ms) / 1000 for stall in stalls.values()), stalls
+
+
+def test_rows_of_other_months_arriving_during_a_shared_swap_are_kept(events):
+    """The shared swap empties the default with TRUNCATE: rows that reach it meanwhile outside
+    the months being drained (a month nobody planned yet) must survive it."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    months = [add_months(FAR, i) for i in range(3)]
+    _fill_months(events, months, 6_000)
+    elsewhere = add_months(FAR, 40)
+    written: list[int] = []
+    recording = sql.qualified(events, sql.strangers_name(TABLE + "_default"))
+
+    def insert_elsewhere() -> None:
+        # Once apply records strangers (before that, such rows make it swap month by month).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [recording])
+            if cursor.fetchone()[0]:
+                written.append(Event.objects.create(occurred_at=elsewhere, kind="login").pk)
+
+    streams = Streams(events)
+    streams.add("insert elsewhere", insert_elsewhere)
+    the_plan = plan(models_=["events.Event"], ahead=1)  # before the other month's rows
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 200}}), streams:
+        result = apply(the_plan)
+        time.sleep(0.1)
+    assert getattr(result, "failures", []) == []
+    assert streams.errors == []
+    assert len(written) > 10
+    drained = {sql.partition_name(TABLE, m) for m in months}
+    assert drained <= {label.rsplit(" ", 1)[1] for label in result.done}
+    kept = set(
+        Event.objects.filter(occurred_at=elsewhere).values_list("pk", flat=True)
+    )
+    assert kept == set(written)
+    for start in months:
+        assert _month_count_and_checksum(events, start, add_months(start, 1))[0] == 2_000
