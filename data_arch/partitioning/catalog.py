@@ -494,3 +494,15 @@ def carried(using: str, schema: str, table: str, state: TableState, start: dt.da
             )
             identity = tuple((name, sequence) for name, sequence in cursor.fetchall() if sequence)
     return Carried(reloptions, comment, identity)
+
+
+def recorders(using: str, schema: str, default: str) -> list[str]:
+    """Recorder triggers of apply runs on ``default``: a run removes its own when it ends; one
+    still there with no apply running was left by a run that was killed."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE %s "
+            "ORDER BY 1",
+            [sql.qualified(schema, default), sql.stranger_pattern(default)],
+        )
+        return [row[0] for row in cursor.fetchall()]

@@ -496,6 +496,9 @@ def _table_plan(
             continue
         clash = _name_clash(using, schema, table, name)
         if clash:
+            fresh = catalog.read_table(using, schema, table, column)
+            if fresh is not None and fresh.covers(start, end):
+                continue  # attached by a concurrent run since the read above
             problems.append(clash)
             continue
         drain = bool(in_default.get(start))

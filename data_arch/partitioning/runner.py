@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -123,6 +124,17 @@ class Runner:
         self.sleep = sleep
         #: drains copied and waiting for the table's shared swap (None: each swaps alone)
         self.pending: list[Action] | None = None
+        #: names this run's recorder of rows reaching the default outside its drains
+        self.token = uuid.uuid4().hex[:8]
+        #: the default this run's recorder is installed on, while it is
+        self.recording: str | None = None
+
+    def drop_recorder(self, schema: str, table: str) -> None:
+        if self.recording is not None:
+            self.transaction(
+                schema, table, list(sql.drop_stranger_capture(schema, self.recording, self.token))
+            )
+            self.recording = None
 
     def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
@@ -286,22 +298,31 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         ordered = drains + [a for a in table.actions if a not in drains]
         shared = _prepare_shared_swap(runner, table, drains)
         runner.pending = []
-        for action in ordered:
-            if runner.pending and action not in drains:
-                swap_pending(table, drains, shared)
+        try:
+            for action in ordered:
+                if runner.pending and action not in drains:
+                    swap_pending(table, drains, shared)
+                try:
+                    changed = _apply_action(runner, table, action)
+                except MaintenanceBusy as exc:
+                    result.failures.append(
+                        Failure(table.schema, table.table, action.kind, str(exc))
+                    )
+                    break  # the other run is maintaining this table
+                except (DatabaseError, MaintenanceError) as exc:
+                    failed(table, action, exc)
+                    continue
+                if runner.pending and runner.pending[-1] is action:
+                    continue  # reported with the shared swap
+                finished(table, action, changed)
+            swap_pending(table, drains, shared)
+        finally:
+            runner.pending = None
             try:
-                changed = _apply_action(runner, table, action)
-            except MaintenanceBusy as exc:
-                result.failures.append(Failure(table.schema, table.table, action.kind, str(exc)))
-                break  # the other run is maintaining this table
+                runner.drop_recorder(table.schema, table.table)
             except (DatabaseError, MaintenanceError) as exc:
-                failed(table, action, exc)
-                continue
-            if runner.pending and runner.pending[-1] is action:
-                continue  # reported with the shared swap
-            finished(table, action, changed)
-        swap_pending(table, drains, shared)
-        runner.pending = None
+                logger.warning("%s.%s: could not drop this run's recorder: %s",
+                               table.schema, table.table, exc)
     return result
 
 
@@ -342,15 +363,28 @@ def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action])
     ranges = [(a.start, a.end) for a in drains]
     key = catalog.primary_key_columns(using, schema, table.table)
     try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.silent_recorders(schema, default))
+            silent = [row[0] for row in cursor.fetchall()]
+        for token in silent:  # left by runs that were killed
+            runner.transaction(
+                schema, table.table, list(sql.drop_stranger_capture(schema, default, token))
+            )
+        runner.recording = default
         runner.transaction(
             schema, table.table,
-            list(sql.create_stranger_capture(schema, default, key, table.column, ranges)),
+            [
+                *sql.create_stranger_capture(
+                    schema, default, runner.token, key, table.column, ranges
+                ),
+                sql.recorder_heartbeat(schema, default, runner.token),
+            ],
         )
         with connections[using].cursor() as cursor:
-            cursor.execute(sql.holds_only(schema, default, key, table.column, ranges))
+            cursor.execute(sql.holds_only(schema, default, runner.token, key, table.column, ranges))
             if cursor.fetchone()[0]:
                 return True
-        runner.transaction(schema, table.table, list(sql.drop_stranger_capture(schema, default)))
+        runner.drop_recorder(schema, table.table)
     except (DatabaseError, MaintenanceError) as exc:
         logger.info("%s.%s: drains swapped one by one: %s", schema, table.table, exc)
     return False
@@ -385,11 +419,13 @@ def _swap_together(
             locked += sql.recopy(
                 schema, default, a.partition, key, table.column, columns, a.start, a.end
             )[1:-1]
-        locked += sql.empty_default(schema, default, key, table.column, columns, ranges)
+        locked += sql.empty_default(
+            schema, default, runner.token, key, table.column, columns, ranges
+        )
         locked += [sql.attach(schema, table.table, a.partition, a.start, a.end) for a in pending]
         statements: list[Any] = [
             *(sql.analyze_changes(schema, a.partition) for a in pending),
-            f"ANALYZE {sql.qualified(schema, sql.strangers_name(default))}",
+            f"ANALYZE {sql.qualified(schema, sql.strangers_name(default, runner.token))}",
             *sql.lock_in_dml_order(schema, table.table, default, referenced, "ACCESS EXCLUSIVE"),
             *(_guard(schema, a.partition, True) for a in pending),
             ";\n".join(locked),
@@ -400,12 +436,11 @@ def _swap_together(
         except _Changed:
             pass  # a concurrent run swapped some in: each goes on alone
         else:
+            runner.recording = None  # dropped by the swap
             _after_shared_swap(runner, table, default, pending)
             return [(a, None) for a in pending]
-    if default is not None and installed:
-        runner.transaction(
-            schema, table.table, list(sql.drop_stranger_capture(schema, default))
-        )
+    if installed:
+        runner.drop_recorder(schema, table.table)
     outcomes: list[tuple[Action, BaseException | None]] = []
     saved, runner.pending = runner.pending, None
     try:
@@ -529,8 +564,14 @@ def _create_once(
     for step in steps:
         guard = _guard(schema, name, staged)
         if step.name == "copy":
+            beat = (
+                [sql.recorder_heartbeat(schema, runner.recording, runner.token)]
+                if runner.recording else []
+            )
             while True:
-                copied = runner.transaction(schema, table.table, [guard, *step.statements])
+                copied = runner.transaction(
+                    schema, table.table, [guard, *beat, *step.statements]
+                )
                 runner.result.rows_moved += copied
                 if copied == 0:
                     break

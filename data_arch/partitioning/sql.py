@@ -300,12 +300,19 @@ def swap(
     ]
 
 
-def stranger_name(default: str) -> str:
-    return fit_name(default, "_stranger")
+def stranger_name(default: str, run: str) -> str:
+    """The recorder of one apply run (``run``: its token); every run has its own, so no run
+    ever replaces or drops the recorder another run's TRUNCATE relies on."""
+    return fit_name(default, f"_stranger_{run}")
 
 
-def strangers_name(default: str) -> str:
-    return fit_name(default, "_strangers")
+def strangers_name(default: str, run: str) -> str:
+    return fit_name(default, f"_strangers_{run}")
+
+
+#: LIKE pattern of every run's recorder trigger on ``default`` (status reports leftovers).
+def stranger_pattern(default: str) -> str:
+    return fit_name(default, "_stranger_").replace("_", "\\_") + "%"
 
 
 def _in_any(row: str, column: str, ranges: list[tuple[dt.datetime, dt.datetime]]) -> str:
@@ -315,14 +322,15 @@ def _in_any(row: str, column: str, ranges: list[tuple[dt.datetime, dt.datetime]]
 def create_stranger_capture(
     schema: str,
     default: str,
+    run: str,
     key: list[str],
     column: str,
     ranges: list[tuple[dt.datetime, dt.datetime]],
 ) -> list[str]:
     """Record the key of every row the default gains outside the months being drained (a NULL
     key counts as outside): the rows a shared swap must keep when it empties the default."""
-    strangers = qualified(schema, strangers_name(default))
-    function = qualified(schema, stranger_name(default))
+    strangers = qualified(schema, strangers_name(default, run))
+    function = qualified(schema, stranger_name(default, run))
     return [
         (
             f"CREATE TABLE IF NOT EXISTS {strangers} AS SELECT "
@@ -335,23 +343,51 @@ def create_stranger_capture(
             f"INSERT INTO {strangers} VALUES {_row('NEW', key)}; END IF; RETURN NULL; END $body$"
         ),
         (
-            f"CREATE OR REPLACE TRIGGER {quote(stranger_name(default))} AFTER INSERT OR UPDATE "
+            f"CREATE OR REPLACE TRIGGER {quote(stranger_name(default, run))} AFTER INSERT OR UPDATE "
             f"ON {qualified(schema, default)} FOR EACH ROW EXECUTE FUNCTION {function}()"
         ),
     ]
 
 
-def drop_stranger_capture(schema: str, default: str) -> list[str]:
+#: A recorder whose run has not beaten for this long belongs to a run that was killed.
+RECORDER_SILENCE_SECONDS = 600
+
+
+def recorder_heartbeat(schema: str, default: str, run: str) -> str:
+    """Stamp the run's recorder with the server's clock (its table's comment)."""
+    table = qualified(schema, strangers_name(default, run))
+    return (
+        "DO $beat$ BEGIN EXECUTE format('COMMENT ON TABLE %s IS %L', "
+        f"{text_literal(table)}, extract(epoch FROM now())::bigint::text); END $beat$"
+    )
+
+
+def silent_recorders(schema: str, default: str) -> str:
+    """The run tokens of recorders on ``default`` silent for RECORDER_SILENCE_SECONDS."""
+    prefix = fit_name(default, "_stranger_")
+    return (
+        "SELECT substr(t.tgname, %(cut)s) FROM pg_trigger t WHERE t.tgrelid = "
+        f"{text_literal(qualified(schema, default))}::regclass AND t.tgname LIKE "
+        f"{text_literal(stranger_pattern(default))} AND coalesce((SELECT "
+        "obj_description(c.oid, 'pg_class') FROM pg_class c WHERE c.relnamespace = "
+        f"{text_literal(schema)}::regnamespace AND c.relname = replace(t.tgname, "
+        f"{text_literal(prefix)}, {text_literal(fit_name(default, '_strangers_'))})), '0')"
+        f"::bigint < extract(epoch FROM now()) - {RECORDER_SILENCE_SECONDS}"
+    ).replace("%(cut)s", str(len(prefix) + 1))
+
+
+def drop_stranger_capture(schema: str, default: str, run: str) -> list[str]:
     return [
-        f"DROP TRIGGER IF EXISTS {quote(stranger_name(default))} ON {qualified(schema, default)}",
-        f"DROP FUNCTION IF EXISTS {qualified(schema, stranger_name(default))}()",
-        f"DROP TABLE IF EXISTS {qualified(schema, strangers_name(default))}",
+        f"DROP TRIGGER IF EXISTS {quote(stranger_name(default, run))} ON {qualified(schema, default)}",
+        f"DROP FUNCTION IF EXISTS {qualified(schema, stranger_name(default, run))}()",
+        f"DROP TABLE IF EXISTS {qualified(schema, strangers_name(default, run))}",
     ]
 
 
 def holds_only(
     schema: str,
     default: str,
+    run: str,
     key: list[str],
     column: str,
     ranges: list[tuple[dt.datetime, dt.datetime]],
@@ -362,13 +398,14 @@ def holds_only(
     return (
         f"SELECT NOT EXISTS (SELECT 1 FROM {qualified(schema, default)} d WHERE "
         f"{_in_any('d', column, ranges)} IS NOT TRUE AND {_row('d', key)} NOT IN "
-        f"(SELECT {keys} FROM {qualified(schema, strangers_name(default))}))"
+        f"(SELECT {keys} FROM {qualified(schema, strangers_name(default, run))}))"
     )
 
 
 def empty_default(
     schema: str,
     default: str,
+    run: str,
     key: list[str],
     column: str,
     columns: list[str],
@@ -380,17 +417,17 @@ def empty_default(
     source, kept = qualified(schema, default), quote("data_arch_kept")
     keys = ", ".join(quote(c) for c in key)
     return [
-        f"DROP TRIGGER {quote(stranger_name(default))} ON {source}",
+        f"DROP TRIGGER {quote(stranger_name(default, run))} ON {source}",
         (
             f"CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS SELECT {cols} FROM {source} d "
             f"WHERE {_row('d', key)} IN (SELECT {keys} FROM "
-            f"{qualified(schema, strangers_name(default))}) AND {_in_any('d', column, ranges)} "
+            f"{qualified(schema, strangers_name(default, run))}) AND {_in_any('d', column, ranges)} "
             "IS NOT TRUE"
         ),
         f"TRUNCATE {source}",
         f"INSERT INTO {source} ({cols}) SELECT {cols} FROM {kept}",
-        f"DROP FUNCTION {qualified(schema, stranger_name(default))}()",
-        f"DROP TABLE {qualified(schema, strangers_name(default))}",
+        f"DROP FUNCTION {qualified(schema, stranger_name(default, run))}()",
+        f"DROP TABLE {qualified(schema, strangers_name(default, run))}",
     ]
 
 

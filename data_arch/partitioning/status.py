@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from data_arch.partitioning import catalog
+from data_arch.partitioning import catalog, sql
 from data_arch.partitioning.declaration import partitioning_of
 from data_arch.partitioning.months import MAX_MONTHS, add_months, month_start
 from data_arch.partitioning.plan import resolve_models
@@ -98,6 +98,14 @@ def status(
             "rerun apply to finish it"
             for name, rows in staging.items()
         ]
+        if state.default is not None:
+            problems += [
+                f"trigger {trigger} on {state.default.name} records rows for a drain: unless "
+                "an apply is running, it was left by a run that was killed; the next apply "
+                f"drops it once it has been silent for {sql.RECORDER_SILENCE_SECONDS // 60} "
+                "minutes"
+                for trigger in catalog.recorders(using, schema, state.default.name)
+            ]
         report.append(
             TableStatus(
                 model=model._meta.label,

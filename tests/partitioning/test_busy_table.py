@@ -476,12 +476,15 @@ def test_rows_of_other_months_arriving_during_a_shared_swap_are_kept(events):
     _fill_months(events, months, 6_000)
     elsewhere = add_months(FAR, 40)
     written: list[int] = []
-    recording = sql.qualified(events, sql.strangers_name(TABLE + "_default"))
+    default = sql.qualified(events, TABLE + "_default")
 
     def insert_elsewhere() -> None:
         # Once apply records strangers (before that, such rows make it swap month by month).
         with connection.cursor() as cursor:
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [recording])
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass "
+                "AND tgname LIKE %s)", [default, sql.stranger_pattern(TABLE + "_default")],
+            )
             if cursor.fetchone()[0]:
                 written.append(Event.objects.create(occurred_at=elsewhere, kind="login").pk)
 
@@ -502,3 +505,35 @@ def test_rows_of_other_months_arriving_during_a_shared_swap_are_kept(events):
     assert kept == set(written)
     for start in months:
         assert _month_count_and_checksum(events, start, add_months(start, 1))[0] == 2_000
+
+
+def test_a_recorder_left_by_a_killed_run_is_reported_and_dropped_once_silent(events):
+    """A run killed between installing its recorder and its swap leaves the recorder on the
+    default. status names it; the next apply that drains drops it once it has been silent
+    for RECORDER_SILENCE_SECONDS, and leaves a younger one (a run that may be alive) alone."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    default = TABLE + "_default"
+    key = ["id", "occurred_at"]
+    for token, beat in (("deadbeef", "1000"), ("0a1b2c3d", None)):
+        _run(events, ";".join(
+            sql.create_stranger_capture(events, default, token, key, "occurred_at", [(FAR, FAR_END)])
+        ))
+        _run(events, sql.recorder_heartbeat(events, default, token))
+        if beat:
+            _run(events, f"COMMENT ON TABLE {sql.quote(sql.strangers_name(default, token))} "
+                         f"IS '{beat}'")
+    try:
+        from data_arch.partitioning import status
+
+        problems = status()[0].problems
+        assert sum("records rows for a drain" in p for p in problems) == 2
+        _fill_month(events, FAR, 100)
+        assert getattr(apply(plan(models_=["events.Event"], ahead=1)), "failures", []) == []
+        from data_arch.partitioning import catalog
+
+        assert catalog.recorders("default", events, default) == [
+            sql.stranger_name(default, "0a1b2c3d")
+        ]
+    finally:
+        _run(events, ";".join(sql.drop_stranger_capture(events, default, "0a1b2c3d")))
+        _run(events, ";".join(sql.drop_stranger_capture(events, default, "deadbeef")))
