@@ -130,11 +130,26 @@ class Runner:
         self.recording: str | None = None
 
     def drop_recorder(self, schema: str, table: str) -> None:
-        if self.recording is not None:
-            self.transaction(
-                schema, table, list(sql.drop_stranger_capture(schema, self.recording, self.token))
-            )
-            self.recording = None
+        """Remove this run's recorder. Without the table's try-lock: it is this run's own, and
+        a busy table (twenty runs at once) must not keep it from going."""
+        if self.recording is None:
+            return
+        statements = sql.drop_stranger_capture(schema, self.recording, self.token)
+        for attempt in range(1, self.settings.lock_retries + 1):
+            try:
+                with transaction.atomic(using=self.using), connections[
+                    self.using
+                ].cursor() as cursor:
+                    cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
+                    for statement in statements:
+                        cursor.execute(statement)
+                self.recording = None
+                return
+            except DatabaseError as exc:
+                if sqlstate(exc) not in RETRYABLE or attempt == self.settings.lock_retries:
+                    raise
+                self.result.lock_retries += 1
+                self.sleep(min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random()))
 
     def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.

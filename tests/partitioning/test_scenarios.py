@@ -291,6 +291,8 @@ def test_apply_killed_during_a_drain_under_writes_beyond_the_last_partition(even
                 assert month_rows(events, start, end) == cursor.fetchone()
         [report] = _status(events)
         assert report.staging == {} and report.default_rows == 0
+        # The killed run's recorder is still there (young: its run might be alive), and said.
+        assert sum("records rows for a drain" in p for p in report.problems) == 1
         assert {sql.partition_name(TABLE, m) for m in months} <= {
             p.name for p in report.partitions
         }
