@@ -351,8 +351,10 @@ def _after_shared_swap(
         runner.transaction(
             schema, table.table,
             [
-                f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(a.partition))} ON "
-                f"{sql.qualified(schema, default)}",
+                (
+                    f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(a.partition))} ON "
+                    f"{sql.qualified(schema, default)}"
+                ),
                 *sql.drop_capture(schema, a.partition),
             ],
         )

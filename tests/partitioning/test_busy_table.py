@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 from django.db import connection, connections
@@ -379,7 +380,7 @@ class StepTimes(logging.Handler):
         if record.msg.startswith("%s.%s: step of"):
             self.lines.append((record.args[-1], record.getMessage()))
 
-    def __enter__(self) -> "StepTimes":
+    def __enter__(self) -> Self:
         self.level = self.logger.level
         self.logger.setLevel(logging.DEBUG)
         self.logger.addHandler(self)
