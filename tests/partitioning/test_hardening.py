@@ -653,3 +653,66 @@ def test_a_foreign_table_partition_is_reported_and_left_alone(events):
         for name, definition in reversed(keys):
             execute(events, f"ALTER TABLE {sql.quote(TABLE)} ADD CONSTRAINT {sql.quote(name)} "
                             f"{definition}")
+
+
+def test_one_broken_tenant_in_twenty_never_stops_the_others(events, capsys):
+    """Twenty tenants, five of them each carrying one of the catalog contents that used to
+    crash a run: ``--all-tenants`` maintains every tenant it can, reports each failure with
+    its tenant, and exits non-zero. (The extra tenants get only the events table: that is all
+    partition maintenance reads.)"""
+    from example_project.customers.models import Client
+
+    extra = [f"bulk_t{n:02d}" for n in range(18)]
+    now = dt.datetime.now(dt.UTC)
+    current = dt.datetime(now.year, now.month, 1, tzinfo=dt.UTC)
+    following = dt.datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=dt.UTC)
+    faults = {
+        "bulk_t00": f"CREATE TABLE events_event_far PARTITION OF {sql.quote(TABLE)} "
+                    "FOR VALUES FROM ('2050-01-01+00') TO (MAXVALUE)",
+        "bulk_t01": f"CREATE TABLE events_event_old PARTITION OF {sql.quote(TABLE)} "
+                    "FOR VALUES FROM ('-infinity') TO ('2000-01-01+00')",
+        "bulk_t02": f"ALTER TABLE {sql.quote(TABLE)} ADD COLUMN kind_upper text "
+                    "GENERATED ALWAYS AS (upper(kind)) STORED",
+        "bulk_t03": f"CREATE TABLE {sql.quote(sql.partition_name(TABLE, following))} PARTITION "
+                    f"OF {sql.quote(TABLE)} FOR VALUES FROM ('2040-01-01+00') TO ('2040-02-01+00')",
+        "bulk_t04": f"CREATE TABLE events_event_p2020_01 PARTITION OF {sql.quote(TABLE)} "
+                    "FOR VALUES FROM ('2020-01-01+00') TO ('2020-02-01+00'); "
+                    "CREATE VIEW january AS SELECT * FROM events_event_p2020_01",
+    }
+    with connection.cursor() as cursor:
+        for schema in extra:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema)} CASCADE")
+            cursor.execute(f"CREATE SCHEMA {sql.quote(schema)}")
+            cursor.execute(
+                f"CREATE TABLE {sql.qualified(schema, TABLE)} (LIKE "
+                f"{sql.qualified('tenant_a', TABLE)} INCLUDING ALL) PARTITION BY RANGE (occurred_at)"
+            )
+            cursor.execute(
+                f"CREATE TABLE {sql.qualified(schema, TABLE + '_default')} PARTITION OF "
+                f"{sql.qualified(schema, TABLE)} DEFAULT"
+            )
+    Client.objects.bulk_create([Client(schema_name=s, name=s) for s in extra])
+    try:
+        for schema, statement in faults.items():
+            execute(schema, statement)
+        with schema_context("public"), pytest.raises(CommandError, match="2 failure"):
+            call_command("partitions", "apply", "--all-tenants", "--yes")
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        failures = [line for line in err.splitlines() if line.startswith("failed: ")]
+        assert [line.split(":")[1].strip() for line in failures] == ["bulk_t03", "bulk_t04"]
+        assert "cannot create" in failures[0] and "january" in failures[1]
+        four = {sql.partition_name(TABLE, dt.datetime(
+            (current.year * 12 + current.month - 1 + i) // 12,
+            (current.month - 1 + i) % 12 + 1, 1, tzinfo=dt.UTC)) for i in range(4)}
+        for schema in ("tenant_a", "tenant_b", *extra):
+            names = months_after_apply(schema)
+            expected = four - ({sql.partition_name(TABLE, following)}
+                               if schema == "bulk_t03" else set())
+            assert expected <= names, (schema, names)
+        assert "events_event_p2020_01" in months_after_apply("bulk_t04")  # kept for its view
+    finally:
+        Client.objects.filter(schema_name__in=extra).delete()
+        with connection.cursor() as cursor:
+            for schema in extra:
+                cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema)} CASCADE")
