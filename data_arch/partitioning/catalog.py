@@ -506,3 +506,30 @@ def recorders(using: str, schema: str, default: str) -> list[str]:
             [sql.qualified(schema, default), sql.stranger_pattern(default)],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+def swap_leftovers(using: str, schema: str, table: str) -> tuple[list[str], list[str]]:
+    """What a run killed between a shared swap and its clean-up left on attached partitions:
+    (partitions still carrying their bounds CHECK, partitions whose change capture is still
+    there)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, k.conname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c' "
+            "WHERE i.inhparent = %s::regclass AND c.relkind = 'r'",
+            [sql.qualified(schema, table)],
+        )
+        constraints: dict[str, set[str]] = {}
+        for name, constraint in cursor.fetchall():
+            constraints.setdefault(name, set()).add(constraint)
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'",
+            [schema],
+        )
+        tables = {row[0] for row in cursor.fetchall()}
+    checks = sorted(
+        name for name, found in constraints.items() if sql.constraint_name(name, "_bounds") in found
+    )
+    captures = sorted(name for name in constraints if sql.changes_name(name) in tables)
+    return checks, captures

@@ -309,6 +309,11 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         # Months with rows in the default first: they are copied one by one, then swapped in
         # together, so the months attached after them find the default (which every ATTACH
         # scans under lock) already empty.
+        try:
+            _finish_cleanups(runner, table)
+        except (DatabaseError, MaintenanceError) as exc:
+            logger.warning("%s.%s: clean-up of an earlier run left for later: %s",
+                           table.schema, table.table, exc)
         drains = [a for a in table.actions if a.kind == "create" and a.default_rows]
         ordered = drains + [a for a in table.actions if a not in drains]
         shared = _prepare_shared_swap(runner, table, drains)
@@ -341,27 +346,38 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
     return result
 
 
+def _finish_cleanups(runner: Runner, table: TablePlan) -> None:
+    """Finish the clean-up of a shared swap whose run was killed before it (see
+    :func:`_after_shared_swap`): attached months keep neither capture nor bounds CHECK."""
+    if table.default is None:
+        return
+    checks, captures = catalog.swap_leftovers(runner.using, table.schema, table.table)
+    if not checks and not captures:
+        return
+    _after_shared_swap(runner, table, table.default, sorted({*checks, *captures}))
+
+
 def _after_shared_swap(
-    runner: Runner, table: TablePlan, default: str, pending: list[Action]
+    runner: Runner, table: TablePlan, default: str, partitions: list[str]
 ) -> None:
     """What the shared swap left for later: each month's capture and its bounds CHECK (which
     LIKE + CHECK + ATTACH needs only until the ATTACH), one short transaction each."""
     schema = table.schema
-    for a in pending:
+    for name in partitions:
         runner.transaction(
             schema, table.table,
             [
                 (
-                    f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(a.partition))} ON "
+                    f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(name))} ON "
                     f"{sql.qualified(schema, default)}"
                 ),
-                *sql.drop_capture(schema, a.partition),
+                *sql.drop_capture(schema, name),
             ],
         )
-    for a in pending:
+    for name in partitions:
         runner.transaction(
-            schema, table.table, [sql.drop_bounds_check(schema, a.partition)],
-            [sql.qualified(schema, a.partition)],
+            schema, table.table, [sql.drop_bounds_check(schema, name)],
+            [sql.qualified(schema, name)],
         )
 
 
@@ -454,7 +470,7 @@ def _swap_together(
             pass  # a concurrent run swapped some in: each goes on alone
         else:
             runner.recording = None  # dropped by the swap
-            _after_shared_swap(runner, table, default, pending)
+            _after_shared_swap(runner, table, default, [a.partition for a in pending])
             return [(a, None) for a in pending]
     if installed:
         runner.drop_recorder(schema, table.table)

@@ -266,8 +266,8 @@ def analyze_changes(schema: str, name: str) -> str:
 
 def drop_capture(schema: str, name: str) -> list[str]:
     return [
-        f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
-        f"DROP TABLE {qualified(schema, changes_name(name))}",
+        f"DROP FUNCTION IF EXISTS {qualified(schema, capture_name(name))}()",
+        f"DROP TABLE IF EXISTS {qualified(schema, changes_name(name))}",
     ]
 
 

@@ -538,3 +538,24 @@ def test_a_recorder_left_by_a_killed_run_is_reported_and_dropped_once_silent(eve
     finally:
         _run(events, ";".join(sql.drop_stranger_capture(events, default, "0a1b2c3d")))
         _run(events, ";".join(sql.drop_stranger_capture(events, default, "deadbeef")))
+
+
+def test_the_clean_up_of_a_shared_swap_killed_before_it_is_finished_by_the_next_apply(events):
+    """Killed right after a shared swap committed: the months are attached but keep their
+    bounds CHECK (a detached partition carrying it would later read as a staging table) and
+    their change capture on the default. The next apply removes both."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    default = TABLE + "_default"
+    month = month_start(dt.datetime.now(dt.UTC))
+    name = sql.partition_name(TABLE, month)
+    _run(events, f"ALTER TABLE {sql.quote(name)} ADD CONSTRAINT "
+                 f"{sql.quote(sql.constraint_name(name, '_bounds'))} CHECK (occurred_at IS NOT NULL)")
+    _run(events, ";".join(sql.create_capture(
+        events, default, name, ["id", "occurred_at"], "occurred_at", month, add_months(month, 1)
+    )))
+    from data_arch.partitioning import catalog
+
+    assert catalog.swap_leftovers("default", events, TABLE) == ([name], [name])
+    assert getattr(apply(plan(models_=["events.Event"], ahead=1)), "failures", []) == []
+    assert catalog.swap_leftovers("default", events, TABLE) == ([], [])
+    assert not catalog.has_trigger("default", events, default, sql.capture_name(name))
