@@ -457,10 +457,12 @@ def _swap_together(
         )
         locked += [sql.attach(schema, table.table, a.partition, a.start, a.end) for a in pending]
         statements: list[Any] = [
+            # First, under the table's try-lock (no other run's step can run meanwhile): every
+            # month is still staged and unattached, so its change table is there to analyze.
+            *(_guard(schema, a.partition, True) for a in pending),
             *(sql.analyze_changes(schema, a.partition) for a in pending),
             f"ANALYZE {sql.qualified(schema, sql.strangers_name(default, runner.token))}",
             *sql.lock_in_dml_order(schema, table.table, default, referenced, "ACCESS EXCLUSIVE"),
-            *(_guard(schema, a.partition, True) for a in pending),
             ";\n".join(locked),
         ]
         quiet = [*referenced, sql.qualified(schema, table.table), sql.qualified(schema, default)]
