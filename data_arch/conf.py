@@ -346,6 +346,10 @@ class PartitionSettings:
     #: parent). PostgreSQL refuses it while the table has a default partition, so it applies only
     #: to tables declared with ``default=False``; with a default, a plain DETACH under lock_timeout.
     detach_concurrently: bool = _field(False, boolean)
+    #: Retention in ``drop`` mode drops a partition that views depend on with ``DROP ... CASCADE``,
+    #: taking those views along (the plan lists them). Off: such a partition is kept and
+    #: reported, and the run exits non-zero. ``partitions plan|apply --cascade`` opts in per run.
+    drop_cascade: bool = _field(False, boolean)
 
 
 def _weights(name: str, value: Any) -> dict[str, int]:

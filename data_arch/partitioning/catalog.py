@@ -20,8 +20,11 @@ __all__ = ["Partition", "TableState", "read_table"]
 _BOUND_RE = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)\s*$")
 
 
-#: Where a bound beyond year 9999 (PostgreSQL allows it, Python's datetime does not) is placed.
+#: Where a lower bound above every month (``'infinity'``, MAXVALUE, past year 9999: PostgreSQL
+#: allows them, Python's datetime does not) is placed; such a partition holds no month.
 FAR_FUTURE = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
+#: Where an upper bound below every month (``'-infinity'``, MINVALUE, a BC date) is placed.
+FAR_PAST = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Partition:
     kind: str = "r"
     #: an interrupted ``DETACH ... CONCURRENTLY`` left it pending (pg_inherits.inhdetachpending)
     detach_pending: bool = False
+    #: the bounds as PostgreSQL prints them (``MINVALUE``, ``'infinity'``, ...); None: DEFAULT
+    bounds: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +93,7 @@ class TableState:
             if not p.is_default
             and p.start is not None
             and p.end is not None
-            and p.end != FAR_FUTURE
+            and p.end not in (FAR_FUTURE, FAR_PAST)
             and p.start != FAR_FUTURE
             and any(b.day != 1 or b.hour or b.minute or b.second for b in (p.start, p.end))
         ]
@@ -112,16 +117,24 @@ class TableState:
 
 
 def _parse_bound(text: str, *, upper: bool) -> dt.datetime | None:
+    """A bound as a UTC datetime. Below every datetime: None as a lower bound (open), FAR_PAST
+    as an upper one; above every datetime: None as an upper bound (open), FAR_FUTURE as a
+    lower one. So ``FROM ('infinity') TO (MAXVALUE)`` covers no month, and neither does
+    ``FROM (MINVALUE) TO ('-infinity')``."""
     text = text.strip().strip("'")
-    if text.upper() in ("MINVALUE", "MAXVALUE", "INFINITY", "-INFINITY"):
-        return None
+    below = FAR_PAST if upper else None
+    above = None if upper else FAR_FUTURE
+    if text.upper() in ("MINVALUE", "-INFINITY"):
+        return below
+    if text.upper() in ("MAXVALUE", "INFINITY"):
+        return above
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         # Years past 9999 (or a BC date) are legal bounds that datetime cannot hold.
         if text.endswith(" BC") or text.startswith("-"):
-            return None
-        return None if upper else FAR_FUTURE
+            return below
+        return above
     if value.tzinfo is None:  # a timestamp without time zone column: read as UTC
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
@@ -130,14 +143,20 @@ def _parse_bound(text: str, *, upper: bool) -> dt.datetime | None:
 def parse_bounds(expression: str) -> tuple[bool, dt.datetime | None, dt.datetime | None]:
     if expression.strip() == "DEFAULT":
         return True, None, None
+    match = bound_texts(expression)
+    return (
+        False,
+        _parse_bound(match[0], upper=False),
+        _parse_bound(match[1], upper=True),
+    )
+
+
+def bound_texts(expression: str) -> tuple[str, str]:
+    """(FROM, TO) of a range partition's ``pg_get_expr(relpartbound)``, quotes removed."""
     match = _BOUND_RE.match(expression.strip())
     if not match:
         raise ValueError(f"unexpected partition bound {expression!r}")
-    return (
-        False,
-        _parse_bound(match.group(1), upper=False),
-        _parse_bound(match.group(2), upper=True),
-    )
+    return match.group(1).strip().strip("'"), match.group(2).strip().strip("'")
 
 
 def current_schema(using: str) -> str:
@@ -148,6 +167,23 @@ def current_schema(using: str) -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_schema()")
         return cursor.fetchone()[0]
+
+
+def behind_pooler(using: str) -> bool:
+    """Whether ``using`` talks to PostgreSQL through a connection pooler such as PgBouncer.
+
+    A pooler gives its clients a cancel key of its own, so the process id the client was told
+    at connect time (BackendKeyData) is not the server process that runs its statements.
+    Behind a transaction pooler a session setting lands on a server connection that other
+    clients get next, and consecutive statements may run on different ones.
+    """
+    connection = connections[using]
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        server_pid = cursor.fetchone()[0]
+    told = getattr(getattr(connection.connection, "info", None), "backend_pid", server_pid)
+    return told != server_pid
 
 
 def table_oid(using: str, schema: str, table: str) -> tuple[int, bool] | None:
@@ -181,18 +217,23 @@ def read_table(
         for name, bound, size, rows, kind, pending in cursor.fetchall():
             is_default, start, end = parse_bounds(bound)
             partitions.append(
-                Partition(name, start, end, is_default, size, rows, kind, bool(pending))
+                Partition(
+                    name, start, end, is_default, size, rows, kind, bool(pending),
+                    None if is_default else bound_texts(bound),
+                )
             )
         default = next((p for p in partitions if p.is_default), None)
         default_rows = 0
         if default is not None:
             cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, default.name)}")
             default_rows = cursor.fetchone()[0]
-        # Partitioned indexes of the parent and, per partition, whether a child index is attached.
+        # Partitioned indexes of the parent and, per partition, whether a child index is attached
+        # (a foreign table has no indexes of its own: not drift).
         cursor.execute(
             "SELECT pi.relname, part.relname FROM pg_index x "
             "JOIN pg_class pi ON pi.oid = x.indexrelid AND pi.relkind = 'I' "
             "CROSS JOIN pg_inherits ih JOIN pg_class part ON part.oid = ih.inhrelid "
+            "AND part.relkind <> 'f' "
             "WHERE x.indrelid = %(oid)s AND ih.inhparent = %(oid)s AND NOT EXISTS ("
             "  SELECT 1 FROM pg_inherits ii JOIN pg_index cx ON cx.indexrelid = ii.inhrelid "
             "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid)",
@@ -412,3 +453,83 @@ def partitions_without_row_security(using: str, schema: str, table: str) -> list
             [sql.qualified(schema, table)],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Carried:
+    """What a new partition takes over that ``CREATE TABLE (LIKE ...)`` does not copy."""
+
+    #: storage parameters (``pg_class.reloptions``) of the partition nearest the new month
+    reloptions: tuple[str, ...] = ()
+    #: the parent's table comment
+    comment: str | None = None
+    #: (column, the parent's identity sequence): numbers rows inserted into the partition
+    #: directly, as the parent numbers rows inserted through it (PostgreSQL < 17 does not)
+    identity: tuple[tuple[str, str], ...] = ()
+
+
+def carried(using: str, schema: str, table: str, state: TableState, start: dt.datetime) -> Carried:
+    ordinary = [p for p in state.ranged if p.kind == "r" and p.start is not None]
+    before = [p for p in ordinary if p.start <= start]
+    nearest = before[-1] if before else (ordinary[0] if ordinary else None)
+    with connections[using].cursor() as cursor:
+        reloptions: tuple[str, ...] = ()
+        if nearest is not None:
+            cursor.execute(
+                "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+                [sql.qualified(schema, nearest.name)],
+            )
+            reloptions = tuple(cursor.fetchone()[0] or ())
+        cursor.execute(
+            "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
+        )
+        comment = cursor.fetchone()[0]
+        identity: tuple[tuple[str, str], ...] = ()
+        if connections[using].pg_version < 170000:
+            cursor.execute(
+                "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND a.attidentity <> '' ORDER BY a.attnum",
+                [sql.qualified(schema, table), sql.qualified(schema, table)],
+            )
+            identity = tuple((name, sequence) for name, sequence in cursor.fetchall() if sequence)
+    return Carried(reloptions, comment, identity)
+
+
+def recorders(using: str, schema: str, default: str) -> list[str]:
+    """Recorder triggers of apply runs on ``default``: a run removes its own when it ends; one
+    still there with no apply running was left by a run that was killed."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE %s "
+            "ORDER BY 1",
+            [sql.qualified(schema, default), sql.stranger_pattern(default)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def swap_leftovers(using: str, schema: str, table: str) -> tuple[list[str], list[str]]:
+    """What a run killed between a shared swap and its clean-up left on attached partitions:
+    (partitions still carrying their bounds CHECK, partitions whose change capture is still
+    there)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, k.conname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c' "
+            "WHERE i.inhparent = %s::regclass AND c.relkind = 'r'",
+            [sql.qualified(schema, table)],
+        )
+        constraints: dict[str, set[str]] = {}
+        for name, constraint in cursor.fetchall():
+            constraints.setdefault(name, set()).add(constraint)
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'",
+            [schema],
+        )
+        tables = {row[0] for row in cursor.fetchall()}
+    checks = sorted(
+        name for name, found in constraints.items() if sql.constraint_name(name, "_bounds") in found
+    )
+    captures = sorted(name for name in constraints if sql.changes_name(name) in tables)
+    return checks, captures

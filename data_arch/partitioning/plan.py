@@ -66,6 +66,11 @@ class Action:
     #: rows of this month sitting in the default partition when planned
     default_rows: int = 0
     steps: tuple[Step, ...] = ()
+    #: a drop with CASCADE (opted in): the objects that depend on the partition and go with it
+    cascade: tuple[str, ...] = ()
+    #: a create's statements after CREATE TABLE (LIKE ...): storage parameters, comment,
+    #: identity default, row-level security (also in ``steps``; :meth:`Plan.sql` uses them)
+    setup: tuple[str, ...] = ()
 
     @property
     def statements(self) -> tuple[str, ...]:
@@ -78,6 +83,7 @@ class Action:
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
             "default_rows": self.default_rows,
+            "cascade": list(self.cascade),
             "steps": [step.to_dict() for step in self.steps],
             "sql": list(self.statements),
         }
@@ -182,6 +188,8 @@ class Plan:
                     if action.default_rows
                     else ""
                 )
+                if action.cascade:
+                    extra += f", CASCADE drops {', '.join(action.cascade)}"
                 lines.append(
                     f"  {action.kind:<8} {action.partition}  "
                     f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
@@ -203,6 +211,7 @@ def _script(table: TablePlan, action: Action) -> list[str]:
     schema, name = table.schema, action.partition
     statements = [
         *sql.create_standalone(schema, table.table, name, table.column, action.start, action.end),
+        *action.setup,
         *sql.lock_in_dml_order(
             schema,
             table.table,
@@ -308,19 +317,22 @@ def retention_steps(
     schema: str,
     parent: str,
     partition: catalog.Partition,
-    no_default: bool,
+    concurrently: bool,
     settings: PartitionSettings,
     foreign_keys: list[str],
+    cascade: tuple[str, ...] = (),
 ) -> list[Step]:
+    """The steps retiring ``partition``; ``concurrently``: see :func:`detach_concurrently`;
+    ``cascade``: the dependents a drop takes along."""
     name = partition.name
     if partition.detach_pending:
         steps = [Step("finalize", (sql.finalize_detach(schema, parent, name),))]
-    elif settings.detach_concurrently and no_default:
+    elif concurrently:
         steps = [Step("detach", (sql.detach(schema, parent, name, True),), atomic=False)]
     else:
         steps = [Step("detach", (sql.detach(schema, parent, name, False),))]
     if mode == "drop":
-        steps.append(Step("drop", (sql.drop(schema, name),)))
+        steps.append(Step("drop", (sql.drop(schema, name, bool(cascade)),)))
         return steps
     if foreign_keys:
         # A detached table keeps the foreign keys it inherited: they would block deleting the
@@ -338,6 +350,15 @@ def retention_steps(
             Step("archive", (sql.create_schema(target), sql.set_schema(schema, name, target)))
         )
     return steps
+
+
+def detach_concurrently(using: str, settings: PartitionSettings, has_default: bool) -> bool:
+    """Whether retention detaches with ``DETACH ... CONCURRENTLY``: asked for, no default
+    partition (PostgreSQL refuses it then), and a direct connection. The statement cannot run
+    in a transaction, so its ``lock_timeout`` is a session setting: behind a transaction pooler
+    that setting would reach other clients, and the statement might not even run on the server
+    connection that has it. Through a pooler, a plain DETACH under ``SET LOCAL`` instead."""
+    return settings.detach_concurrently and not has_default and not catalog.behind_pooler(using)
 
 
 def create_steps(
@@ -358,6 +379,7 @@ def create_steps(
     captured: bool = False,
     foreign_keys: list[tuple[str, str]] | None = None,
     row_security: catalog.RowSecurity | None = None,
+    carried: catalog.Carried | None = None,
 ) -> list[Step]:
     """The steps that create one month's partition (see the README's lock table).
 
@@ -370,6 +392,7 @@ def create_steps(
     """
     stage = [] if staged else [
         *sql.create_standalone(schema, table, name, column, start, end),
+        *sql.carry(schema, name, carried),
         *sql.copy_row_security(schema, name, row_security),
     ]
     finish = [sql.attach(schema, table, name, start, end), sql.drop_bounds_check(schema, name)]
@@ -416,6 +439,7 @@ def _table_plan(
     settings: PartitionSettings,
     ahead: int | None,
     retain: int | None,
+    cascade: bool,
 ) -> TablePlan | None:
     declared = partitioning_of(model)
     assert isinstance(declared, MonthlyPartitioning)
@@ -472,9 +496,13 @@ def _table_plan(
             continue
         clash = _name_clash(using, schema, table, name)
         if clash:
+            fresh = catalog.read_table(using, schema, table, column)
+            if fresh is not None and fresh.covers(start, end):
+                continue  # attached by a concurrent run since the read above
             problems.append(clash)
             continue
         drain = bool(in_default.get(start))
+        carried = catalog.carried(using, schema, table, state, start)
         steps = create_steps(
             schema, table, name, column, start, end, default, list(referenced),
             catalog.primary_key_columns(using, schema, table) if drain else [],
@@ -482,8 +510,22 @@ def _table_plan(
             settings.drain_batch_size, drain=drain, staged=False,
             foreign_keys=catalog.foreign_key_definitions(using, schema, table) if drain else None,
             row_security=security,
+            carried=carried,
         )
-        actions.append(Action("create", name, start, end, in_default.get(start, 0), tuple(steps)))
+        setup = (*sql.carry(schema, name, carried), *sql.copy_row_security(schema, name, security))
+        actions.append(
+            Action(
+                "create", name, start, end, in_default.get(start, 0), tuple(steps), setup=setup
+            )
+        )
+    concurrently = detach_concurrently(using, settings, state.default is not None)
+    if settings.detach_concurrently and state.default is None and not concurrently:
+        problems.append(
+            f"DETACH_CONCURRENTLY: {using!r} goes through a connection pooler, where the "
+            "session lock_timeout of DETACH ... CONCURRENTLY would reach other clients; "
+            "retention detaches in a transaction instead (use a direct connection to detach "
+            "concurrently)"
+        )
     if cutoff is not None:
         tenant_schemas: set[str] | None = None
         for partition in ranged:
@@ -501,20 +543,25 @@ def _table_plan(
                         "tenant's schema; set PARTITIONS.ARCHIVE_SCHEMA to a name no tenant has"
                     )
                     continue
+            dependents: tuple[str, ...] = ()
             if mode == "drop":
-                dependents = catalog.dependent_objects(using, schema, partition.name)
-                if dependents:
+                dependents = tuple(catalog.dependent_objects(using, schema, partition.name))
+                if dependents and not cascade:
                     problems.append(
                         f"cannot drop {partition.name}: {', '.join(dependents)} depend(s) on "
-                        "it; drop or change them, then rerun apply"
+                        "it; drop or change them, then rerun apply (or drop them along with "
+                        "it: --cascade, or PARTITIONS.DROP_CASCADE)"
                     )
                     continue
             fks = catalog.foreign_keys(using, schema, partition.name)
             steps = retention_steps(
-                mode, schema, table, partition, state.default is None, settings, fks
+                mode, schema, table, partition, concurrently, settings, fks, dependents
             )
             actions.append(
-                Action(mode, partition.name, partition.start, partition.end, 0, tuple(steps))
+                Action(
+                    mode, partition.name, partition.start, partition.end, 0, tuple(steps),
+                    dependents,
+                )
             )
     for month, count in sorted(in_default.items()):
         if cutoff is not None and add_months(month, 1) <= cutoff:
@@ -570,16 +617,23 @@ def plan(
     ahead: int | None = None,
     retain: int | None = None,
     now: dt.datetime | None = None,
+    cascade: bool | None = None,
 ) -> Plan:
-    """What ``apply`` would do now in the connection's current schema (tenant or public)."""
+    """What ``apply`` would do now in the connection's current schema (tenant or public).
+
+    ``cascade`` (default: ``PARTITIONS.DROP_CASCADE``): retention may drop a partition that
+    views depend on, and them with it; the plan lists them, and ``apply`` drops nothing else.
+    """
     validate_months(ahead, retain)
     settings = partition_settings()
+    if cascade is None:
+        cascade = settings.drop_cascade
     chosen = resolve_models(models_)
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     schema = catalog.current_schema(using)
     tables = []
     for model in chosen:
-        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain)
+        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
         if table_plan is None:
             if models_:
                 raise PartitionError(

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from data_arch.partitioning.plan import (
     TablePlan,
     _name_clash,
     create_steps,
+    detach_concurrently,
     retention_steps,
 )
 
@@ -120,6 +122,34 @@ class Runner:
         self.settings = settings
         self.result = result
         self.sleep = sleep
+        #: drains copied and waiting for the table's shared swap (None: each swaps alone)
+        self.pending: list[Action] | None = None
+        #: names this run's recorder of rows reaching the default outside its drains
+        self.token = uuid.uuid4().hex[:8]
+        #: the default this run's recorder is installed on, while it is
+        self.recording: str | None = None
+
+    def drop_recorder(self, schema: str, table: str) -> None:
+        """Remove this run's recorder. Without the table's try-lock: it is this run's own, and
+        a busy table (twenty runs at once) must not keep it from going."""
+        if self.recording is None:
+            return
+        statements = sql.drop_stranger_capture(schema, self.recording, self.token)
+        for attempt in range(1, self.settings.lock_retries + 1):
+            try:
+                with transaction.atomic(using=self.using), connections[
+                    self.using
+                ].cursor() as cursor:
+                    cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
+                    for statement in statements:
+                        cursor.execute(statement)
+                self.recording = None
+                return
+            except DatabaseError as exc:
+                if sqlstate(exc) not in RETRYABLE or attempt == self.settings.lock_retries:
+                    raise
+                self.result.lock_retries += 1
+                self.sleep(min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random()))
 
     def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
@@ -178,11 +208,16 @@ class Runner:
                     count = 0
                     started = time.perf_counter()
                     for statement in statements:
+                        began = time.perf_counter()
                         if callable(statement):
                             statement(cursor)
                         else:
                             cursor.execute(statement)
                             count = cursor.rowcount
+                        spent = (time.perf_counter() - began) * 1000
+                        if spent >= 20:
+                            logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
+                                         getattr(statement, "__name__", statement))
                     logger.debug(
                         "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
                         len(statements), (time.perf_counter() - started) * 1000,
@@ -237,25 +272,224 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         )
     result = ApplyResult()
     runner = Runner(using, settings, result)
+
+    def label_of(table: TablePlan, action: Action) -> str:
+        return f"{table.schema}.{table.table}: {action.kind} {action.partition}"
+
+    def failed(table: TablePlan, action: Action, exc: BaseException) -> None:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        logger.warning("%s failed: %s", label_of(table, action), message)
+        result.failures.append(
+            Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
+        )
+
+    def finished(table: TablePlan, action: Action, changed: bool) -> None:
+        (result.done if changed else result.skipped).append(label_of(table, action))
+        if on_progress:
+            on_progress(label_of(table, action))
+
+    def swap_pending(table: TablePlan, drains: list[Action], shared: bool) -> None:
+        pending, runner.pending = runner.pending or [], []
+        if not pending:
+            return
+        # Together only when every planned drain is here: the TRUNCATE keeps rows outside the
+        # drained months only if the trigger recorded them (a failed month's were not).
+        together = shared and [a.partition for a in pending] == [a.partition for a in drains]
+        try:
+            outcomes = _swap_together(runner, table, pending, together, shared)
+        except (DatabaseError, MaintenanceError) as exc:
+            outcomes = [(action, exc) for action in pending]
+        for action, error in outcomes:
+            if error is None:
+                finished(table, action, True)
+            else:
+                failed(table, action, error)
+
     for table in the_plan.tables:
-        for action in table.actions:
-            label = f"{table.schema}.{table.table}: {action.kind} {action.partition}"
+        # Months with rows in the default first: they are copied one by one, then swapped in
+        # together, so the months attached after them find the default (which every ATTACH
+        # scans under lock) already empty.
+        try:
+            _finish_cleanups(runner, table)
+        except (DatabaseError, MaintenanceError) as exc:
+            logger.warning("%s.%s: clean-up of an earlier run left for later: %s",
+                           table.schema, table.table, exc)
+        drains = [a for a in table.actions if a.kind == "create" and a.default_rows]
+        ordered = drains + [a for a in table.actions if a not in drains]
+        shared = _prepare_shared_swap(runner, table, drains)
+        runner.pending = []
+        try:
+            for action in ordered:
+                if runner.pending and action not in drains:
+                    swap_pending(table, drains, shared)
+                try:
+                    changed = _apply_action(runner, table, action)
+                except MaintenanceBusy as exc:
+                    result.failures.append(
+                        Failure(table.schema, table.table, action.kind, str(exc))
+                    )
+                    break  # the other run is maintaining this table
+                except (DatabaseError, MaintenanceError) as exc:
+                    failed(table, action, exc)
+                    continue
+                if runner.pending and runner.pending[-1] is action:
+                    continue  # reported with the shared swap
+                finished(table, action, changed)
+            swap_pending(table, drains, shared)
+        finally:
+            runner.pending = None
             try:
-                changed = _apply_action(runner, table, action)
-            except MaintenanceBusy as exc:
-                result.failures.append(Failure(table.schema, table.table, action.kind, str(exc)))
-                break  # the other run is maintaining this table
+                runner.drop_recorder(table.schema, table.table)
             except (DatabaseError, MaintenanceError) as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                logger.warning("%s failed: %s", label, message)
-                result.failures.append(
-                    Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
-                )
-                continue
-            (result.done if changed else result.skipped).append(label)
-            if on_progress:
-                on_progress(label)
+                logger.warning("%s.%s: could not drop this run's recorder: %s",
+                               table.schema, table.table, exc)
     return result
+
+
+def _finish_cleanups(runner: Runner, table: TablePlan) -> None:
+    """Finish the clean-up of a shared swap whose run was killed before it (see
+    :func:`_after_shared_swap`): attached months keep neither capture nor bounds CHECK."""
+    if table.default is None:
+        return
+    checks, captures = catalog.swap_leftovers(runner.using, table.schema, table.table)
+    if not checks and not captures:
+        return
+    _after_shared_swap(runner, table, table.default, sorted({*checks, *captures}))
+
+
+def _after_shared_swap(
+    runner: Runner, table: TablePlan, default: str, partitions: list[str]
+) -> None:
+    """What the shared swap left for later: each month's capture and its bounds CHECK (which
+    LIKE + CHECK + ATTACH needs only until the ATTACH), one short transaction each."""
+    schema = table.schema
+    for name in partitions:
+        runner.transaction(
+            schema, table.table,
+            [
+                (
+                    f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(name))} ON "
+                    f"{sql.qualified(schema, default)}"
+                ),
+                *sql.drop_capture(schema, name),
+            ],
+        )
+    for name in partitions:
+        runner.transaction(
+            schema, table.table, [sql.drop_bounds_check(schema, name)],
+            [sql.qualified(schema, name)],
+        )
+
+
+def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action]) -> bool:
+    """Whether the table's drains can be swapped in together (see :func:`_swap_together`).
+
+    Before any copy: a trigger starts recording every row that reaches the default outside
+    the drained months; then, if the default holds no other row that trigger has not recorded,
+    emptying it later with TRUNCATE loses nothing, provided the recorded rows are kept.
+    """
+    using, schema = runner.using, table.schema
+    state = catalog.read_table(using, schema, table.table, table.column)
+    default = state.default.name if state and state.default else None
+    if not drains or default is None:
+        return False
+    ranges = [(a.start, a.end) for a in drains]
+    key = catalog.primary_key_columns(using, schema, table.table)
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.silent_recorders(schema, default))
+            silent = [row[0] for row in cursor.fetchall()]
+        for token in silent:  # left by runs that were killed
+            runner.transaction(
+                schema, table.table, list(sql.drop_stranger_capture(schema, default, token))
+            )
+        runner.recording = default
+        runner.transaction(
+            schema, table.table,
+            [
+                *sql.create_stranger_capture(
+                    schema, default, runner.token, key, table.column, ranges
+                ),
+                sql.recorder_heartbeat(schema, default, runner.token),
+            ],
+        )
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.holds_only(schema, default, runner.token, key, table.column, ranges))
+            if cursor.fetchone()[0]:
+                return True
+        runner.drop_recorder(schema, table.table)
+    except (DatabaseError, MaintenanceError) as exc:
+        logger.info("%s.%s: drains swapped one by one: %s", schema, table.table, exc)
+    return False
+
+
+def _swap_together(
+    runner: Runner, table: TablePlan, pending: list[Action], shared: bool, installed: bool
+) -> list[tuple[Action, BaseException | None]]:
+    """Swap in the copied months of one table in one short transaction.
+
+    When ``shared`` (:func:`_prepare_shared_swap` said so, and every planned drain got this
+    far), the default is emptied with one TRUNCATE, keeping the rows recorded as arriving
+    outside the drained months, and every month is attached after it: no ATTACH scans a big
+    default and nothing is deleted row by row under the lock. Otherwise (rows older than
+    retention sit in the default too, or a drain failed) each month is swapped alone,
+    deleting its rows from the default.
+    """
+    using, schema = runner.using, table.schema
+    state = catalog.read_table(using, schema, table.table, table.column)
+    default = state.default.name if state and state.default else None
+    if default is not None and shared:
+        ranges = [(a.start, a.end) for a in pending]
+        key = catalog.primary_key_columns(using, schema, table.table)
+        columns = catalog.columns(using, schema, table.table)
+        referenced = catalog.referenced_tables(using, schema, table.table)
+        # Under the lock everyone waits, so: statistics before it, one round trip for all
+        # the work under it, and the capture's leftovers dropped after it.
+        # The capture triggers stay until after it: once the months are attached, none of
+        # their rows can reach the default again, and TRUNCATE fires no row trigger.
+        locked = ["SET CONSTRAINTS ALL IMMEDIATE"]  # Django's FKs are DEFERRABLE: see swap()
+        for a in pending:
+            locked += sql.recopy(
+                schema, default, a.partition, key, table.column, columns, a.start, a.end
+            )[1:-1]
+        locked += sql.empty_default(
+            schema, default, runner.token, key, table.column, columns, ranges
+        )
+        locked += [sql.attach(schema, table.table, a.partition, a.start, a.end) for a in pending]
+        statements: list[Any] = [
+            # First, under the table's try-lock (no other run's step can run meanwhile): every
+            # month is still staged and unattached, so its change table is there to analyze.
+            *(_guard(schema, a.partition, True) for a in pending),
+            *(sql.analyze_changes(schema, a.partition) for a in pending),
+            f"ANALYZE {sql.qualified(schema, sql.strangers_name(default, runner.token))}",
+            *sql.lock_in_dml_order(schema, table.table, default, referenced, "ACCESS EXCLUSIVE"),
+            ";\n".join(locked),
+        ]
+        quiet = [*referenced, sql.qualified(schema, table.table), sql.qualified(schema, default)]
+        try:
+            runner.transaction(schema, table.table, statements, quiet)
+        except _Changed:
+            pass  # a concurrent run swapped some in: each goes on alone
+        else:
+            runner.recording = None  # dropped by the swap
+            _after_shared_swap(runner, table, default, [a.partition for a in pending])
+            return [(a, None) for a in pending]
+    if installed:
+        runner.drop_recorder(schema, table.table)
+    outcomes: list[tuple[Action, BaseException | None]] = []
+    saved, runner.pending = runner.pending, None
+    try:
+        for a in pending:
+            try:
+                fresh = catalog.read_table(using, schema, table.table, table.column)
+                if fresh is not None:
+                    _create(runner, table, a, fresh)
+                outcomes.append((a, None))
+            except (DatabaseError, MaintenanceError) as exc:
+                outcomes.append((a, exc))
+    finally:
+        runner.pending = saved
+    return outcomes
 
 
 def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
@@ -337,6 +571,7 @@ def _create_once(
             schema, table.table, name, table.column, action.start, action.end, default,
             referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
             row_security=catalog.row_security(using, schema, table.table),
+            carried=catalog.carried(using, schema, table.table, state, action.start),
         )
         statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
         if default:
@@ -359,15 +594,25 @@ def _create_once(
         runner.settings.drain_batch_size, drain=True, staged=staged, captured=captured,
         foreign_keys=catalog.foreign_key_definitions(using, schema, table.table),
         row_security=catalog.row_security(using, schema, table.table),
+        carried=catalog.carried(using, schema, table.table, state, action.start),
     )
     for step in steps:
         guard = _guard(schema, name, staged)
         if step.name == "copy":
+            beat = (
+                [sql.recorder_heartbeat(schema, runner.recording, runner.token)]
+                if runner.recording else []
+            )
             while True:
-                copied = runner.transaction(schema, table.table, [guard, *step.statements])
+                copied = runner.transaction(
+                    schema, table.table, [guard, *beat, *step.statements]
+                )
                 runner.result.rows_moved += copied
                 if copied == 0:
                     break
+        elif step.name == "swap" and runner.pending is not None:
+            runner.pending.append(action)  # swapped in with the table's other drains
+            return True
         else:
             runner.transaction(schema, table.table, [guard, *step.statements], quiet)
         staged = True
@@ -379,24 +624,46 @@ def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.Tab
     partition = next((p for p in state.partitions if p.name == action.partition), None)
     if partition is None or partition.is_default:
         return False
+    concurrently = any(not step.atomic for step in action.steps) and detach_concurrently(
+        using, runner.settings, state.default is not None
+    )
     steps = retention_steps(
-        action.kind, schema, table.table, partition, state.default is None, runner.settings,
-        catalog.foreign_keys(using, schema, partition.name),
+        action.kind, schema, table.table, partition, concurrently, runner.settings,
+        catalog.foreign_keys(using, schema, partition.name), action.cascade,
     )
     if action.kind == "drop":
-        dependents = catalog.dependent_objects(using, schema, partition.name)
-        if dependents:
-            raise MaintenanceError(
-                f"{', '.join(dependents)} depend(s) on {partition.name}; not dropped"
-            )
+        _refuse_unplanned_dependents(using, schema, partition.name, action)
     parent = [sql.qualified(schema, table.table)]
     for step in steps:
+        statements: list[Any] = list(step.statements)
+        if step.name == "drop":
+            # Locked, then compared again: a view made since the check above is not dropped.
+            statements = [
+                sql.lock_detached(schema, partition.name),
+                lambda _: _refuse_unplanned_dependents(using, schema, partition.name, action),
+                *statements,
+            ]
         if not step.atomic:
             runner.wait_for_quiet(parent)
             runner.bare(step.statements[0])
         else:
             runner.transaction(
-                schema, table.table, list(step.statements),
+                schema, table.table, statements,
                 parent if step.name in ("detach", "finalize") else None,
             )
     return True
+
+
+def _refuse_unplanned_dependents(using: str, schema: str, name: str, action: Action) -> None:
+    """A drop takes along only the dependents its plan listed (none without --cascade)."""
+    unplanned = [
+        d for d in catalog.dependent_objects(using, schema, name) if d not in action.cascade
+    ]
+    if not unplanned:
+        return
+    how = (
+        "they appeared after the plan was made; plan again to see them"
+        if action.cascade
+        else "drop or change them, or drop them along with it: --cascade (PARTITIONS.DROP_CASCADE)"
+    )
+    raise MaintenanceError(f"{', '.join(unplanned)} depend(s) on {name}; not dropped ({how})")

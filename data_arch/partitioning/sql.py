@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import zlib
 
 __all__ = ["default_name", "fit_name", "partition_name", "qualified", "quote"]
@@ -73,6 +74,37 @@ def create_standalone(
             f"AND {quote(column)} < {literal(end)})"
         ),
     ]
+
+
+_RELOPTION = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.DOTALL)
+
+
+def text_literal(value: str) -> str:
+    """A string literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def carry(schema: str, name: str, carried: object) -> list[str]:
+    """What LIKE does not copy onto a new partition: storage parameters, the table comment, the
+    identity sequence as the column default. The values are PostgreSQL's own catalog text."""
+    target = qualified(schema, name)
+    statements = []
+    options = []
+    for option in getattr(carried, "reloptions", ()):
+        match = _RELOPTION.match(option)
+        if match:
+            options.append(f"{match.group(1)} = {text_literal(match.group(2))}")
+    if options:
+        statements.append(f"ALTER TABLE {target} SET ({', '.join(options)})")
+    comment = getattr(carried, "comment", None)
+    if comment is not None:
+        statements.append(f"COMMENT ON TABLE {target} IS {text_literal(comment)}")
+    for column, sequence in getattr(carried, "identity", ()):
+        statements.append(
+            f"ALTER TABLE {target} ALTER COLUMN {quote(column)} SET DEFAULT "
+            f"nextval({text_literal(sequence)}::regclass)"
+        )
+    return statements
 
 
 def attach(schema: str, parent: str, name: str, start: dt.datetime, end: dt.datetime) -> str:
@@ -197,6 +229,48 @@ def copy_batch(
     )
 
 
+def recopy(
+    schema: str,
+    default: str,
+    name: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> list[str]:
+    """Under the swap's locks: copy again the rows of [start, end) changed since the copy began,
+    and stop recording changes (the capture trigger goes before the default is emptied, or it
+    would record every row deleted)."""
+    cols = ", ".join(quote(c) for c in columns)
+    target, source = qualified(schema, name), qualified(schema, default)
+    changes = qualified(schema, changes_name(name))
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        analyze_changes(schema, name),
+        f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
+        (
+            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
+            f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
+            f"(SELECT {keys} FROM {changes})"
+        ),
+        f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+    ]
+
+
+def analyze_changes(schema: str, name: str) -> str:
+    # Never analyzed, the change table looks big to the planner, which would then scan the
+    # whole default (under the swap's lock) instead of looking its rows up by key.
+    return f"ANALYZE {qualified(schema, changes_name(name))}"
+
+
+def drop_capture(schema: str, name: str) -> list[str]:
+    return [
+        f"DROP FUNCTION IF EXISTS {qualified(schema, capture_name(name))}()",
+        f"DROP TABLE IF EXISTS {qualified(schema, changes_name(name))}",
+    ]
+
+
 def swap(
     schema: str,
     default: str,
@@ -209,22 +283,12 @@ def swap(
 ) -> list[str]:
     """Under the attach locks: re-copy the rows changed since the copy began, empty the month
     from the default, and remove the capture (ATTACH follows in the same transaction)."""
-    cols = ", ".join(quote(c) for c in columns)
-    target, source = qualified(schema, name), qualified(schema, default)
-    changes = qualified(schema, changes_name(name))
-    keys = ", ".join(quote(c) for c in key)
+    source = qualified(schema, default)
     return [
         # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: checks queued until commit
         # would make the ATTACH below fail ("pending trigger events").
         "SET CONSTRAINTS ALL IMMEDIATE",
-        f"DELETE FROM {target} t WHERE {_row('t', key)} IN (SELECT {keys} FROM {changes})",
-        (
-            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} d WHERE "
-            f"{_in_range('d', column, start, end)} AND {_row('d', key)} IN "
-            f"(SELECT {keys} FROM {changes})"
-        ),
-        # The trigger goes before the delete, or it would record every row deleted.
-        f"DROP TRIGGER {quote(capture_name(name))} ON {source}",
+        *recopy(schema, default, name, key, column, columns, start, end),
         # Emptying the month: when the default holds nothing else, TRUNCATE (no per-row work
         # under the lock); otherwise a DELETE of the month's rows.
         (
@@ -232,8 +296,138 @@ def swap(
             f"({_in_range('d', column, start, end)})) THEN DELETE FROM {source} d WHERE "
             f"{_in_range('d', column, start, end)}; ELSE TRUNCATE {source}; END IF; END $swap$"
         ),
-        f"DROP FUNCTION {qualified(schema, capture_name(name))}()",
-        f"DROP TABLE {changes}",
+        *drop_capture(schema, name),
+    ]
+
+
+def stranger_name(default: str, run: str) -> str:
+    """The recorder of one apply run (``run``: its token); every run has its own, so no run
+    ever replaces or drops the recorder another run's TRUNCATE relies on."""
+    return fit_name(default, f"_stranger_{run}")
+
+
+def strangers_name(default: str, run: str) -> str:
+    return fit_name(default, f"_strangers_{run}")
+
+
+#: LIKE pattern of every run's recorder trigger on ``default`` (status reports leftovers).
+def stranger_pattern(default: str) -> str:
+    return fit_name(default, "_stranger_").replace("_", "\\_") + "%"
+
+
+def _in_any(row: str, column: str, ranges: list[tuple[dt.datetime, dt.datetime]]) -> str:
+    return "(" + " OR ".join(f"({_in_range(row, column, s, e)})" for s, e in ranges) + ")"
+
+
+def create_stranger_capture(
+    schema: str,
+    default: str,
+    run: str,
+    key: list[str],
+    column: str,
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> list[str]:
+    """Record the key of every row the default gains outside the months being drained (a NULL
+    key counts as outside): the rows a shared swap must keep when it empties the default."""
+    strangers = qualified(schema, strangers_name(default, run))
+    function = qualified(schema, stranger_name(default, run))
+    return [
+        (
+            f"CREATE TABLE IF NOT EXISTS {strangers} AS SELECT "
+            f"{', '.join(quote(c) for c in key)} FROM {qualified(schema, default)} WITH NO DATA"
+        ),
+        (
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$ BEGIN "
+            f"IF {_in_any('NEW', column, ranges)} IS NOT TRUE THEN "
+            f"INSERT INTO {strangers} VALUES {_row('NEW', key)}; END IF; RETURN NULL; END $body$"
+        ),
+        (
+            f"CREATE OR REPLACE TRIGGER {quote(stranger_name(default, run))} AFTER INSERT OR UPDATE "
+            f"ON {qualified(schema, default)} FOR EACH ROW EXECUTE FUNCTION {function}()"
+        ),
+    ]
+
+
+#: A recorder whose run has not beaten for this long belongs to a run that was killed.
+RECORDER_SILENCE_SECONDS = 600
+
+
+def recorder_heartbeat(schema: str, default: str, run: str) -> str:
+    """Stamp the run's recorder with the server's clock (its table's comment)."""
+    table = qualified(schema, strangers_name(default, run))
+    return (
+        "DO $beat$ BEGIN EXECUTE format('COMMENT ON TABLE %s IS %L', "
+        f"{text_literal(table)}, extract(epoch FROM now())::bigint::text); END $beat$"
+    )
+
+
+def silent_recorders(schema: str, default: str) -> str:
+    """The run tokens of recorders on ``default`` silent for RECORDER_SILENCE_SECONDS."""
+    prefix = fit_name(default, "_stranger_")
+    return (
+        "SELECT substr(t.tgname, %(cut)s) FROM pg_trigger t WHERE t.tgrelid = "
+        f"{text_literal(qualified(schema, default))}::regclass AND t.tgname LIKE "
+        f"{text_literal(stranger_pattern(default))} AND coalesce((SELECT "
+        "obj_description(c.oid, 'pg_class') FROM pg_class c WHERE c.relnamespace = "
+        f"{text_literal(schema)}::regnamespace AND c.relname = replace(t.tgname, "
+        f"{text_literal(prefix)}, {text_literal(fit_name(default, '_strangers_'))})), '0')"
+        f"::bigint < extract(epoch FROM now()) - {RECORDER_SILENCE_SECONDS}"
+    ).replace("%(cut)s", str(len(prefix) + 1))
+
+
+def drop_stranger_capture(schema: str, default: str, run: str) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {quote(stranger_name(default, run))} ON {qualified(schema, default)}",
+        f"DROP FUNCTION IF EXISTS {qualified(schema, stranger_name(default, run))}()",
+        f"DROP TABLE IF EXISTS {qualified(schema, strangers_name(default, run))}",
+    ]
+
+
+def holds_only(
+    schema: str,
+    default: str,
+    run: str,
+    key: list[str],
+    column: str,
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> str:
+    """Whether every row of the default belongs to one of ``ranges`` or was recorded by the
+    stranger capture."""
+    keys = ", ".join(quote(c) for c in key)
+    return (
+        f"SELECT NOT EXISTS (SELECT 1 FROM {qualified(schema, default)} d WHERE "
+        f"{_in_any('d', column, ranges)} IS NOT TRUE AND {_row('d', key)} NOT IN "
+        f"(SELECT {keys} FROM {qualified(schema, strangers_name(default, run))}))"
+    )
+
+
+def empty_default(
+    schema: str,
+    default: str,
+    run: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    ranges: list[tuple[dt.datetime, dt.datetime]],
+) -> list[str]:
+    """Empty the default of every drained month at once: TRUNCATE, keeping the few rows that
+    arrived outside those months meanwhile (recorded by the stranger capture)."""
+    cols = ", ".join(quote(c) for c in columns)
+    source, kept = qualified(schema, default), quote("data_arch_kept")
+    keys = ", ".join(quote(c) for c in key)
+    return [
+        f"DROP TRIGGER {quote(stranger_name(default, run))} ON {source}",
+        (
+            f"CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS SELECT {cols} FROM {source} d "
+            f"WHERE {_row('d', key)} IN (SELECT {keys} FROM "
+            f"{qualified(schema, strangers_name(default, run))}) AND {_in_any('d', column, ranges)} "
+            "IS NOT TRUE"
+        ),
+        f"TRUNCATE {source}",
+        f"INSERT INTO {source} ({cols}) SELECT {cols} FROM {kept}",
+        f"DROP FUNCTION {qualified(schema, stranger_name(default, run))}()",
+        f"DROP TABLE {qualified(schema, strangers_name(default, run))}",
     ]
 
 
@@ -302,8 +496,14 @@ def detach(schema: str, parent: str, name: str, concurrently: bool) -> str:
     )
 
 
-def drop(schema: str, name: str) -> str:
-    return f"DROP TABLE {qualified(schema, name)}"
+def drop(schema: str, name: str, cascade: bool = False) -> str:
+    return f"DROP TABLE {qualified(schema, name)}{' CASCADE' if cascade else ''}"
+
+
+def lock_detached(schema: str, name: str) -> str:
+    """A detached table, locked before its dependents are compared with the plan's: no view can
+    be created on it between that comparison and the drop."""
+    return f"LOCK TABLE {qualified(schema, name)} IN ACCESS EXCLUSIVE MODE"
 
 
 def create_schema(schema: str) -> str:

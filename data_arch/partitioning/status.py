@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from data_arch.partitioning import catalog
+from data_arch.partitioning import catalog, sql
 from data_arch.partitioning.declaration import partitioning_of
 from data_arch.partitioning.months import MAX_MONTHS, add_months, month_start
 from data_arch.partitioning.plan import resolve_models
@@ -14,14 +14,19 @@ from data_arch.partitioning.plan import resolve_models
 __all__ = ["PartitionStatus", "TableStatus", "status"]
 
 
-def _iso(moment: dt.datetime | None, unbounded: str) -> str:
-    return moment.isoformat() if moment else unbounded
+def _shown(moment: dt.datetime | None, printed: str | None, unbounded: str) -> str:
+    """ISO for a month bound; PostgreSQL's own text for one datetime cannot hold (MINVALUE,
+    ``-infinity``, ``infinity``, MAXVALUE, past year 9999, BC)."""
+    if moment is not None and moment not in (catalog.FAR_PAST, catalog.FAR_FUTURE):
+        return moment.isoformat()
+    return printed or unbounded
 
 
 @dataclasses.dataclass(frozen=True)
 class PartitionStatus:
     name: str
-    #: ISO timestamps; "MINVALUE" / "MAXVALUE" for unbounded ends, None for the default
+    #: ISO timestamps; PostgreSQL's text for MINVALUE, MAXVALUE, '-infinity', 'infinity' and
+    #: bounds outside years 1..9999; None for the default
     start: str | None
     end: str | None
     default: bool
@@ -93,6 +98,14 @@ def status(
             "rerun apply to finish it"
             for name, rows in staging.items()
         ]
+        if state.default is not None:
+            problems += [
+                f"trigger {trigger} on {state.default.name} records rows for a drain: unless "
+                "an apply is running, it was left by a run that was killed; the next apply "
+                f"drops it once it has been silent for {sql.RECORDER_SILENCE_SECONDS // 60} "
+                "minutes"
+                for trigger in catalog.recorders(using, schema, state.default.name)
+            ]
         report.append(
             TableStatus(
                 model=model._meta.label,
@@ -101,8 +114,10 @@ def status(
                 partitions=tuple(
                     PartitionStatus(
                         p.name,
-                        None if p.is_default else _iso(p.start, "MINVALUE"),
-                        None if p.is_default else _iso(p.end, "MAXVALUE"),
+                        None if p.is_default
+                        else _shown(p.start, p.bounds and p.bounds[0], "MINVALUE"),
+                        None if p.is_default
+                        else _shown(p.end, p.bounds and p.bounds[1], "MAXVALUE"),
                         p.is_default,
                         p.size_bytes,
                         p.estimated_rows,

@@ -30,6 +30,17 @@ def reset_events(schema: str) -> None:
         )
         for (name,) in cursor.fetchall():
             cursor.execute(f"DROP TABLE {sql.qualified(schema, name)}")
+        # Recorders left by runs killed mid-drain (a trigger, its function and its table).
+        default = sql.default_name(TABLE)
+        cursor.execute(
+            "SELECT substr(tgname, %s) FROM pg_trigger WHERE tgrelid = %s::regclass "
+            "AND tgname LIKE %s",
+            [len(sql.fit_name(default, "_stranger_")) + 1, sql.qualified(schema, default),
+             sql.stranger_pattern(default)],
+        )
+        for (token,) in cursor.fetchall():
+            for statement in sql.drop_stranger_capture(schema, default, token):
+                cursor.execute(statement)
         cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema + ';archive')} CASCADE")
         cursor.execute(f"TRUNCATE {sql.qualified(schema, TABLE)}")
 

@@ -2,6 +2,7 @@
 ``apply`` creates months and drains the default, with a long reader on the parent."""
 
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 from django.db import connection, connections
@@ -364,3 +366,196 @@ def _fetch(schema: str, statement: str, params=None) -> list:  # noqa: ANN001
     with schema_context(schema), connection.cursor() as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
+
+
+class StepTimes(logging.Handler):
+    """Collects the runner's per-step timings (its debug log) while the block runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, str]] = []
+        self.logger = logging.getLogger("data_arch.partitioning")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("%s.%s: step of"):
+            self.lines.append((record.args[-1], record.getMessage()))
+
+    def __enter__(self) -> Self:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+    def biggest(self) -> str:
+        """The step of the most statements (the shared swap of a drain)."""
+        return max(self.lines, key=lambda line: int(line[1].split("step of ")[1].split()[0]))[1]
+
+    def longest(self, count: int) -> list[str]:
+        return [line for _, line in sorted(self.lines, reverse=True)[:count]]
+
+
+def _fill_months(schema: str, months: list[dt.datetime], rows: int) -> None:
+    """``rows`` rows spread evenly over ``months``, loaded in one statement each."""
+    per_month, extra = divmod(rows, len(months))
+    with schema_context(schema), connection.cursor() as cursor:
+        for number, start in enumerate(months):
+            cursor.execute(
+                f"INSERT INTO {sql.qualified(schema, TABLE)} (occurred_at, kind, payload) "
+                "SELECT %s + (g %% 2419200) * interval '1 second', 'login', '{}' "
+                "FROM generate_series(1, %s) g",
+                [start, per_month + (number < extra)],
+            )
+
+
+@pytest.mark.slow
+def test_a_million_rows_outside_the_window_never_stall_the_streams_beyond_the_bound(events):
+    """Rows of past months still kept and of far-future months all sit in the default: each
+    month's ATTACH would scan every one of them under lock. Draining them must keep every
+    statement of the streams within LOCK_TIMEOUT_MS (plus a margin for a loaded machine)."""
+    lock_timeout_ms, margin_ms = 100, 250
+    current = month_start(dt.datetime.now(dt.UTC))
+    apply(plan(models_=["events.Event"], ahead=1))
+    outside = [add_months(current, -m) for m in range(1, 13)] + [
+        add_months(current, m) for m in range(24, 36)
+    ]
+    loaded = time.perf_counter()
+    _fill_months(events, outside, 1_000_000)
+    loaded = time.perf_counter() - loaded
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {sql.qualified(events, TABLE + '_default')}")
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE + '_default')}")
+        assert cursor.fetchone()[0] == 1_000_000
+    ids = [
+        e.pk
+        for e in Event.objects.bulk_create(
+            Event(occurred_at=dt.datetime.now(dt.UTC), kind="login") for _ in range(50)
+        )
+    ]
+    settings = {
+        "PARTITIONS": {
+            "LOCK_TIMEOUT_MS": lock_timeout_ms, "LOCK_RETRIES": 30, "DRAIN_BATCH_SIZE": 50_000,
+        }
+    }
+    steps = StepTimes()
+    started = time.perf_counter()
+    with busy_streams(events, ids) as streams, override_settings(DATA_ARCH=settings), steps:
+        time.sleep(0.2)
+        result = apply(plan(models_=["events.Event"], ahead=3))
+        time.sleep(0.2)
+    took = time.perf_counter() - started
+    print(f"longest maintenance steps: {steps.longest(3)}; shared swap: {steps.biggest()}")
+    stalls = streams.max_stall()
+    print(
+        f"1 M out-of-window rows: loaded in {loaded:.1f} s, {len(result.done)} months created "
+        f"in {took:.1f} s, {result.rows_moved} rows copied, {result.lock_retries} lock retries; "
+        "longest statement: "
+        + ", ".join(f"{name} {stall * 1000:.0f} ms" for name, stall in stalls.items())
+    )
+    assert getattr(result, "failures", []) == []
+    assert len(result.done) == 24 + 2
+    assert streams.errors == []
+    assert all(len(v) > 20 for v in streams.latencies.values())
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE + '_default')}")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(events, TABLE)}")
+        assert cursor.fetchone()[0] == 1_000_000 + 50 + sum(
+            len(v) for k, v in streams.latencies.items() if k == "insert"
+        )
+    assert all(stall <= (lock_timeout_ms + margin_ms) / 1000 for stall in stalls.values()), stalls
+
+
+def test_rows_of_other_months_arriving_during_a_shared_swap_are_kept(events):
+    """The shared swap empties the default with TRUNCATE: rows that reach it meanwhile outside
+    the months being drained (a month nobody planned yet) must survive it."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    months = [add_months(FAR, i) for i in range(3)]
+    _fill_months(events, months, 6_000)
+    elsewhere = add_months(FAR, 40)
+    written: list[int] = []
+    default = sql.qualified(events, TABLE + "_default")
+
+    def insert_elsewhere() -> None:
+        # Once apply records strangers (before that, such rows make it swap month by month).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass "
+                "AND tgname LIKE %s)", [default, sql.stranger_pattern(TABLE + "_default")],
+            )
+            if cursor.fetchone()[0]:
+                written.append(Event.objects.create(occurred_at=elsewhere, kind="login").pk)
+
+    streams = Streams(events)
+    streams.add("insert elsewhere", insert_elsewhere)
+    the_plan = plan(models_=["events.Event"], ahead=1)  # before the other month's rows
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 200}}), streams:
+        result = apply(the_plan)
+        time.sleep(0.1)
+    assert getattr(result, "failures", []) == []
+    assert streams.errors == []
+    assert len(written) > 10
+    drained = {sql.partition_name(TABLE, m) for m in months}
+    assert drained <= {label.rsplit(" ", 1)[1] for label in result.done}
+    kept = set(
+        Event.objects.filter(occurred_at=elsewhere).values_list("pk", flat=True)
+    )
+    assert kept == set(written)
+    for start in months:
+        assert _month_count_and_checksum(events, start, add_months(start, 1))[0] == 2_000
+
+
+def test_a_recorder_left_by_a_killed_run_is_reported_and_dropped_once_silent(events):
+    """A run killed between installing its recorder and its swap leaves the recorder on the
+    default. status names it; the next apply that drains drops it once it has been silent
+    for RECORDER_SILENCE_SECONDS, and leaves a younger one (a run that may be alive) alone."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    default = TABLE + "_default"
+    key = ["id", "occurred_at"]
+    for token, beat in (("deadbeef", "1000"), ("0a1b2c3d", None)):
+        _run(events, ";".join(
+            sql.create_stranger_capture(events, default, token, key, "occurred_at", [(FAR, FAR_END)])
+        ))
+        _run(events, sql.recorder_heartbeat(events, default, token))
+        if beat:
+            _run(events, f"COMMENT ON TABLE {sql.quote(sql.strangers_name(default, token))} "
+                         f"IS '{beat}'")
+    try:
+        from data_arch.partitioning import status
+
+        problems = status()[0].problems
+        assert sum("records rows for a drain" in p for p in problems) == 2
+        _fill_month(events, FAR, 100)
+        assert getattr(apply(plan(models_=["events.Event"], ahead=1)), "failures", []) == []
+        from data_arch.partitioning import catalog
+
+        assert catalog.recorders("default", events, default) == [
+            sql.stranger_name(default, "0a1b2c3d")
+        ]
+    finally:
+        _run(events, ";".join(sql.drop_stranger_capture(events, default, "0a1b2c3d")))
+        _run(events, ";".join(sql.drop_stranger_capture(events, default, "deadbeef")))
+
+
+def test_the_clean_up_of_a_shared_swap_killed_before_it_is_finished_by_the_next_apply(events):
+    """Killed right after a shared swap committed: the months are attached but keep their
+    bounds CHECK (a detached partition carrying it would later read as a staging table) and
+    their change capture on the default. The next apply removes both."""
+    apply(plan(models_=["events.Event"], ahead=1))
+    default = TABLE + "_default"
+    month = month_start(dt.datetime.now(dt.UTC))
+    name = sql.partition_name(TABLE, month)
+    _run(events, f"ALTER TABLE {sql.quote(name)} ADD CONSTRAINT "
+                 f"{sql.quote(sql.constraint_name(name, '_bounds'))} CHECK (occurred_at IS NOT NULL)")
+    _run(events, ";".join(sql.create_capture(
+        events, default, name, ["id", "occurred_at"], "occurred_at", month, add_months(month, 1)
+    )))
+    from data_arch.partitioning import catalog
+
+    assert catalog.swap_leftovers("default", events, TABLE) == ([name], [name])
+    assert getattr(apply(plan(models_=["events.Event"], ahead=1)), "failures", []) == []
+    assert catalog.swap_leftovers("default", events, TABLE) == ([], [])
+    assert not catalog.has_trigger("default", events, default, sql.capture_name(name))

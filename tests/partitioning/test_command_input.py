@@ -47,6 +47,7 @@ def test_a_bad_value_is_a_command_error_naming_the_option(events, action, argv, 
         (["status", "--yes"], "--yes"),
         (["plan", "--dry-run"], "--dry-run"),
         (["status", "--ahead", "2"], "--ahead"),
+        (["status", "--cascade"], "--cascade"),
     ],
 )
 def test_an_option_the_action_does_not_take_is_refused(events, argv, option):

@@ -46,6 +46,12 @@ class Command(TenantCommand):
         parser.add_argument(
             "--yes", action="store_true", help="apply: run retention too (without it, skipped)"
         )
+        parser.add_argument(
+            "--cascade",
+            action="store_true",
+            help="plan/apply: retention in drop mode also drops the views that depend on an "
+            "expiring partition (listed in the plan); default: PARTITIONS.DROP_CASCADE",
+        )
         parser.add_argument("--format", choices=["table", "json", "sql"], default="table")
 
     def _validate(self, options: dict[str, Any]) -> None:
@@ -70,6 +76,8 @@ class Command(TenantCommand):
             for flag in ("ahead", "retain"):
                 if options[flag] is not None:
                     raise CommandError(f"--{flag} only applies to plan and apply")
+            if options["cascade"]:
+                raise CommandError("--cascade only applies to plan and apply")
         try:
             validate_months(options["ahead"], options["retain"])
         except PartitionError as exc:
@@ -101,6 +109,7 @@ class Command(TenantCommand):
                 using=using,
                 ahead=options["ahead"],
                 retain=options["retain"],
+                cascade=True if options["cascade"] else None,
             ),
             failures,
             options,
