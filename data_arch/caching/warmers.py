@@ -43,6 +43,9 @@ class WarmerResult:
     tenant: str | None
     seconds: float
     error: str | None = None
+    #: What the warmer raised (not serialized): lets a caller tell a Redis or database that
+    #: could not be reached from a warmer that is broken.
+    exception: BaseException | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -112,13 +115,13 @@ def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
     results = []
     for name, function in selected.items():
         started = time.perf_counter()
-        error = None
+        error, raised = None, None
         try:
             function()
         except Exception as exc:
             logger.exception("cache warmer %r failed for tenant %s", name, key or "(shared)")
-            error = f"{type(exc).__name__}: {exc}"
-        results.append(WarmerResult(name, key, time.perf_counter() - started, error))
+            error, raised = f"{type(exc).__name__}: {exc}", exc
+        results.append(WarmerResult(name, key, time.perf_counter() - started, error, raised))
     return results
 
 
