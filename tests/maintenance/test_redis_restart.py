@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -68,7 +69,7 @@ def test_the_cache_redis_stopped_mid_run_is_retried_with_backoff_until_it_is_bac
     stopped = time.monotonic()
     try:
         maintained = maintain_partitions.apply_async(queue=CACHE_QUEUE)
-        time.sleep(10)
+        time.sleep(5)
     finally:
         cache_redis.start()  # the same port, empty: its leases are gone
     back = time.monotonic()
@@ -86,3 +87,88 @@ def test_the_cache_redis_stopped_mid_run_is_retried_with_backoff_until_it_is_bac
     assert summary["ok"] and "skipped" not in summary, summary
     assert list(MaintenanceRun.objects.filter(job="partitions", task_id=maintained.id)
                 .values_list("outcome", flat=True)) == ["ok"]
+
+
+
+BROKER_QUEUE = "redis_restart_broker_tests"
+
+
+@pytest.fixture(scope="module")
+def broker_redis(tmp_path_factory):
+    """A Redis of its own for one worker's broker, result backend, cache and leases (the
+    example project's layout: one Redis), with its append-only file on."""
+    from harness.services import RedisServer, find_redis_server, free_port
+
+    server = RedisServer(find_redis_server(), tmp_path_factory.mktemp("broker-redis"),
+                         free_port(), appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def broker_redis_worker(request, django_db_setup, broker_redis):
+    """A prefork worker (the pool a deployment runs) on ``broker_redis``."""
+    process = start_celery_worker(
+        request.config, "--pool=prefork", "--concurrency=2", "-Q", BROKER_QUEUE,
+        name="broker-redis", environ={"REDIS_URL": broker_redis.url()},
+    )
+    yield process
+    stop_celery_worker(process)
+
+
+def _send(server, name: str, **kwargs) -> str:
+    """Send task ``name`` through ``server``'s broker; its id."""
+    from celery import Celery
+
+    from example_project.settings import redis_db
+
+    sender = Celery("redis-restart-tests", broker=redis_db(server.url(), 1),
+                    set_as_current=False)
+    try:
+        return sender.send_task(name, kwargs=kwargs, queue=BROKER_QUEUE).id
+    finally:
+        sender.close()
+
+
+def _result(server, task_id: str) -> dict:
+    """The stored result of ``task_id`` (read from the result backend's key, so no client of
+    the test outlives the restart), waited for."""
+    backend = redis.Redis.from_url(server.url(2))
+    try:
+        key = f"celery-task-meta-{task_id}"
+        _wait_for(lambda: backend.get(key) is not None, f"no result for {task_id}")
+        return json.loads(backend.get(key))
+    finally:
+        backend.close()
+
+
+def test_the_broker_redis_restarted_mid_task_leaves_the_worker_running_and_the_task_done_once(
+    broker_redis_worker, broker_redis
+):
+    probe = redis.Redis.from_url(broker_redis.url())
+    probe.set(f"{KEY}:enabled", 1)
+    probe.set(f"{KEY}:sleep", 6)
+    task_id = _send(broker_redis, "data_arch.tasks.warm_caches", warmers=["probe_warmer"])
+    _wait_for(lambda: probe.llen(f"{KEY}:started") >= 1, "the warmer never started")
+    probe.close()
+    broker_redis.stop()  # broker, result backend and leases at once; the warmer sleeps on
+    time.sleep(3)
+    broker_redis.start()  # the same port; the append-only file brings its data back
+    meta = _result(broker_redis, task_id)
+    assert meta["status"] == "SUCCESS", meta
+    assert meta["result"]["ok"] and meta["result"]["warmers"][0]["error"] is None, meta
+    probe = redis.Redis.from_url(broker_redis.url())
+    assert probe.llen(f"{KEY}:started") == 1 and probe.llen(f"{KEY}:finished") == 1
+    assert list(MaintenanceRun.objects.filter(task_id=task_id)
+                .values_list("outcome", flat=True)) == ["ok"]
+    # Acknowledged (after its result is stored) on the new connection: nothing is left to be
+    # delivered a second time.
+    broker = redis.Redis.from_url(broker_redis.url(1))
+    _wait_for(lambda: broker.hlen("unacked") == 0, "the task was never acknowledged", 60)
+    assert broker_redis_worker.poll() is None, "the worker exited when its broker went away"
+    # And the worker consumes again.
+    probe.set(f"{KEY}:sleep", 0)
+    again = _send(broker_redis, "data_arch.tasks.warm_caches", warmers=["probe_warmer"])
+    assert _result(broker_redis, again)["status"] == "SUCCESS"
+    assert probe.llen(f"{KEY}:finished") == 2
