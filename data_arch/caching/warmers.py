@@ -43,9 +43,6 @@ class WarmerResult:
     tenant: str | None
     seconds: float
     error: str | None = None
-    #: What the warmer raised (not serialized): lets a caller tell a Redis or database that
-    #: could not be reached from a warmer that is broken.
-    exception: BaseException | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -107,21 +104,28 @@ def select(names: Iterable[str] | None = None) -> dict[str, Callable[[], Any]]:
     return {name: available[name] for name in names}
 
 
-def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
-    """Run the selected warmers in the current tenant's context; a failure doesn't stop the rest."""
+def run_warmers(
+    names: Iterable[str] | None = None,
+    on_error: Callable[[str, Exception], Any] | None = None,
+) -> list[WarmerResult]:
+    """Run the selected warmers in the current tenant's context; a failure doesn't stop the rest.
+    ``on_error(name, exception)`` is called for each failure (a caller that tells a Redis or a
+    database away from a broken warmer needs the exception, not only its text)."""
     selected = select(names)
     tenant = current_tenant()
     key = tenant.key if tenant is not None else None
     results = []
     for name, function in selected.items():
         started = time.perf_counter()
-        error, raised = None, None
+        error = None
         try:
             function()
         except Exception as exc:
             logger.exception("cache warmer %r failed for tenant %s", name, key or "(shared)")
-            error, raised = f"{type(exc).__name__}: {exc}", exc
-        results.append(WarmerResult(name, key, time.perf_counter() - started, error, raised))
+            error = f"{type(exc).__name__}: {exc}"
+            if on_error is not None:
+                on_error(name, exc)
+        results.append(WarmerResult(name, key, time.perf_counter() - started, error))
     return results
 
 

@@ -212,16 +212,16 @@ def warm_caches(
         raise MaintenanceInputError(str(exc)) from None
     key = tenant_key(tenant)
     with record_run("warm_caches", key, task_id) as run, _in_tenant(tenant):
-        outcomes = run_warmers(warmers)
+        raised: list[Exception] = []
         results = [
             {"warmer": r.warmer, "seconds": round(r.seconds, 4), "error": r.error}
-            for r in outcomes
+            for r in run_warmers(warmers, on_error=lambda _name, exc: raised.append(exc))
         ]
         failed = [r for r in results if r["error"]]
         run.counts = {"warmers": len(results), "failed": len(failed)}
         if failed:
             message = "; ".join(f"{r['warmer']}: {r['error']}" for r in failed)
-            away = [r.exception for r in outcomes if isinstance(r.exception, transient_errors())]
+            away = [exc for exc in raised if isinstance(exc, transient_errors())]
             if away:  # the cache or the database was away, not the warmer wrong: run it again
                 raise MaintenanceTransientError(message) from away[0]
             raise RuntimeError(message)
