@@ -12,7 +12,9 @@ Every task is
   worker (a Redis semaphore); a task that finds no free slot is retried shortly;
 * ``acks_late`` with ``reject_on_worker_lost``: a worker killed mid-run leaves the message to
   be delivered again, and the jobs are idempotent, so the redelivered run finishes the work;
-* retried with exponential backoff on transient database and Redis errors;
+* retried with exponential backoff on transient database and Redis errors, a cache warmer
+  that failed on one included (the Redis of the cache and the leases may be another than the
+  broker's, and be away while the worker keeps running);
 * once per interval when scheduled: beat's entries pass ``scheduled=True``, and such a run is
   skipped (``{"skipped": "recent"}``) when a run of the same job and tenant started within
   half the job's interval, so two beats, or a beat that fires an entry twice, do the work once;
@@ -31,23 +33,18 @@ import logging
 import random
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
-
 from data_arch.extras import require
+from data_arch.maintenance.jobs import transient_errors
 
 celery = require("celery", "data_arch.tasks")
-redis_exceptions = require("redis.exceptions", "data_arch.tasks")
+require("redis.exceptions", "data_arch.tasks")
 
 logger = logging.getLogger("data_arch.maintenance")
 
 __all__ = ["maintain_partitions", "refresh_replica_health", "warm_caches"]
 
-TRANSIENT = (
-    OperationalError,
-    InterfaceError,
-    redis_exceptions.ConnectionError,
-    redis_exceptions.TimeoutError,
-)
+#: A database or Redis away for now (a warmer that failed on one included): retried.
+TRANSIENT = transient_errors()
 
 OPTIONS: dict[str, Any] = {
     "bind": True,

@@ -139,6 +139,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A task running when the broker goes away finishes and is acknowledged once the worker has
+# reconnected (Celery 6 changes the default to cancelling it). data_arch's tasks are
+# idempotent and leased either way.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Beat keeps its schedule in the database (django-celery-beat): data_arch's entries are copied
 # there at start-up and shown in the admin (Periodic tasks).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

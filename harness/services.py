@@ -496,10 +496,16 @@ class PostgresServer:
 
 
 class RedisServer:
-    def __init__(self, executable: str, workdir: Path, port: int) -> None:
+    """A Redis server on ``port``; ``appendonly`` turns on its append-only file (AOF, in
+    ``workdir``), so what it held survives a stop and a start."""
+
+    def __init__(
+        self, executable: str, workdir: Path, port: int, appendonly: bool = False
+    ) -> None:
         self.executable = executable
         self.workdir = workdir
         self.port = port
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -511,7 +517,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", str(self.workdir),
                 "--daemonize", "no", "--protected-mode", "no",
             ],
             stdout=log,

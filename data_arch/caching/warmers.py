@@ -105,8 +105,13 @@ def select(names: Iterable[str] | None = None) -> dict[str, Callable[[], Any]]:
     return {name: available[name] for name in names}
 
 
-def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
-    """Run the selected warmers in the current tenant's context; a failure doesn't stop the rest."""
+def run_warmers(
+    names: Iterable[str] | None = None,
+    on_error: Callable[[str, Exception], Any] | None = None,
+) -> list[WarmerResult]:
+    """Run the selected warmers in the current tenant's context; a failure doesn't stop the rest.
+    ``on_error(name, exception)`` is called for each failure (a caller that tells a Redis or a
+    database away from a broken warmer needs the exception, not only its text)."""
     selected = select(names)
     tenant = current_tenant()
     key = tenant.key if tenant is not None else None
@@ -119,6 +124,8 @@ def run_warmers(names: Iterable[str] | None = None) -> list[WarmerResult]:
         except Exception as exc:
             logger.exception("cache warmer %r failed for tenant %s", name, key or "(shared)")
             error = f"{type(exc).__name__}: {exc}"
+            if on_error is not None:
+                on_error(name, exc)
         results.append(WarmerResult(name, key, time.perf_counter() - started, error))
     return results
 

@@ -8,6 +8,7 @@ successful run for longer than ``CELERY.STALE_AFTER``.
 from data_arch.maintenance.jobs import (
     JOBS,
     MaintenanceInputError,
+    MaintenanceTransientError,
     TenantOutcome,
     for_each_tenant,
     maintain_partitions,
@@ -20,6 +21,7 @@ from data_arch.maintenance.records import Run, last_success, record_run
 __all__ = [
     "JOBS",
     "MaintenanceInputError",
+    "MaintenanceTransientError",
     "Run",
     "TenantOutcome",
     "for_each_tenant",

@@ -20,20 +20,42 @@ logger = logging.getLogger("data_arch.maintenance")
 __all__ = [
     "JOBS",
     "MaintenanceInputError",
+    "MaintenanceTransientError",
+    "TenantOutcome",
     "apply_recorded",
     "check_tenant_schemas",
-    "TenantOutcome",
     "for_each_tenant",
     "maintain_partitions",
     "refresh_replica_health",
     "resolve_tenants",
     "tenant_key",
+    "transient_errors",
     "warm_caches",
 ]
 
 
 class MaintenanceInputError(ValueError):
     """A job was given a tenant, model or warmer that does not exist; nothing was done."""
+
+
+class MaintenanceTransientError(RuntimeError):
+    """A job failed because a database or Redis could not be reached (the cause is chained):
+    the same run may succeed later, and the Celery tasks retry it with backoff."""
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "a database or Redis is away for now", not "the job is wrong"."""
+    from django.db import InterfaceError, OperationalError
+
+    errors: list[type[BaseException]] = [OperationalError, InterfaceError,
+                                         MaintenanceTransientError]
+    try:
+        from redis import exceptions
+    except ImportError:
+        pass
+    else:
+        errors += [exceptions.ConnectionError, exceptions.TimeoutError]
+    return tuple(errors)
 
 
 @dataclasses.dataclass
@@ -190,14 +212,19 @@ def warm_caches(
         raise MaintenanceInputError(str(exc)) from None
     key = tenant_key(tenant)
     with record_run("warm_caches", key, task_id) as run, _in_tenant(tenant):
+        raised: list[Exception] = []
         results = [
             {"warmer": r.warmer, "seconds": round(r.seconds, 4), "error": r.error}
-            for r in run_warmers(warmers)
+            for r in run_warmers(warmers, on_error=lambda _name, exc: raised.append(exc))
         ]
         failed = [r for r in results if r["error"]]
         run.counts = {"warmers": len(results), "failed": len(failed)}
         if failed:
-            raise RuntimeError("; ".join(f"{r['warmer']}: {r['error']}" for r in failed))
+            message = "; ".join(f"{r['warmer']}: {r['error']}" for r in failed)
+            away = [exc for exc in raised if isinstance(exc, transient_errors())]
+            if away:  # the cache or the database was away, not the warmer wrong: run it again
+                raise MaintenanceTransientError(message) from away[0]
+            raise RuntimeError(message)
     warmers_run.send(sender="data_arch", tenant=key, results=results)
     return {"tenant": key, "warmers": results}
 

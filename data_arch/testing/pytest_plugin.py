@@ -149,16 +149,16 @@ def celery_app_name(config: pytest.Config) -> str:
 
 def start_celery_worker(
     config: pytest.Config, *args: str, name: str = "data-arch-test",
-    settings_module: str | None = None,
+    settings_module: str | None = None, environ: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a real ``celery worker`` on the test database and wait until it is ready.
 
     ``args`` replace the default pool options (``--pool=solo --concurrency=1``), e.g.
-    ``"--pool=prefork", "--concurrency=8"``; ``settings_module`` replaces the tests' settings.
-    Stop it with :func:`stop_celery_worker`.
+    ``"--pool=prefork", "--concurrency=8"``; ``settings_module`` replaces the tests' settings;
+    ``environ`` adds to the worker's environment. Stop it with :func:`stop_celery_worker`.
     """
     app = celery_app_name(config)
-    env = celery_environ(config, settings_module)
+    env = {**celery_environ(config, settings_module), **(environ or {})}
     hostname = f"{name}-{os.getpid()}@%h"
     process = subprocess.Popen(
         [
