@@ -341,7 +341,10 @@ def set_tenant(execute, sql_text, params, many, context):
     if _PASS_THROUGH.match(sql_text):
         return execute(sql_text, params, many, context)
     _refuse_while_pinned(raw_connection, tenant_setting_value(), "a statement")
-    pairs = _settings(context["connection"], raw_connection)
+    # The settings may cost a round trip (the pooler probe of a new connection): a server gone
+    # by then must surface as Django's OperationalError, which the replica retry handles.
+    with context["connection"].wrap_database_errors:
+        pairs = _settings(context["connection"], raw_connection)
     single_round_trip = (
         not many
         and isinstance(raw_cursor, psycopg.ClientCursor)
