@@ -612,8 +612,11 @@ def _table_plan(
         left = sorted({*checks, *captures})
         if left:
             statements = [s for t, _ in clean_up_transactions(schema, default, left) for s in t]
+            bounds = [(p.start, p.end) for p in ranged if p.name in left and p.start and p.end]
+            start = min((b[0] for b in bounds), default=current)
+            end = max((b[1] for b in bounds), default=add_months(current, 1))
             actions.append(
-                Action("clean_up", default, now, now, 0,
+                Action("clean_up", default, start, end, 0,
                        (Step("clean_up", tuple(statements)),), months=tuple(left))
             )
     # In the order apply runs them: the months with rows in the default first (copied one by
