@@ -433,7 +433,27 @@ def test_with_rows_older_than_retention_in_the_default_the_plan_swaps_month_by_m
     assert result.rows_moved == 240
 
 
-def test_plan_sql_of_a_shared_swap_runs_in_one_transaction(events):
+def _run_psql_single_transaction(script: str) -> None:
+    """``psql -1 -v ON_ERROR_STOP=1``: the script as one transaction, stopping at any error."""
+    import os
+    import subprocess
+
+    from harness.services import find_postgres
+
+    db = connection.settings_dict
+    env = {**os.environ, "PGPASSWORD": str(db.get("PASSWORD") or "")}
+    done = subprocess.run(
+        [
+            find_postgres(os.environ.get("DATA_ARCH_POSTGRES"))["psql"], "-X", "-q", "-1",
+            "-v", "ON_ERROR_STOP=1", "-h", str(db["HOST"]), "-p", str(db["PORT"]),
+            "-U", str(db["USER"]), "-d", str(db["NAME"]), "-f", "-",
+        ],
+        input=script, capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_plan_sql_of_a_shared_swap_runs_in_psql_single_transaction(events):
     from data_arch.partitioning.months import add_months, month_start
 
     current = month_start(dt.datetime.now(dt.UTC))
@@ -444,11 +464,8 @@ def test_plan_sql_of_a_shared_swap_runs_in_one_transaction(events):
     the_plan = plan(models_=["events.Event"], ahead=1)
     assert [a.kind for a in the_plan.tables[0].actions] == ["record", "create", "create", "swap"]
     script = the_plan.sql()
-    with connection.cursor() as cursor:
-        cursor.execute("BEGIN")
-        cursor.execute(f"SET LOCAL search_path = {sql.quote(events)}, public")
-        cursor.execute(script)
-        cursor.execute("COMMIT")
+    assert "TRUNCATE" not in script  # one transaction holds its locks: no recorder needed
+    _run_psql_single_transaction(script)
     assert _in_default(events) == 0
     assert not plan(models_=["events.Event"], ahead=1).pending
     assert Event.objects.filter(occurred_at__gte=far[0]).count() == 80
