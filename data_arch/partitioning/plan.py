@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from typing import Any
 
 from django.apps import apps
@@ -26,17 +27,23 @@ from data_arch.partitioning.months import MAX_MONTHS, add_months, month_start, s
 __all__ = [
     "Action",
     "PartitionError",
-    "create_steps",
     "Plan",
     "Step",
     "TablePlan",
+    "clean_up_transactions",
+    "create_steps",
     "effective_options",
     "plan",
     "resolve_models",
+    "shared_swap_statements",
     "validate_months",
 ]
 
 RETENTION_KINDS = ("drop", "detach", "archive")
+#: actions on a table's default partition rather than on one month: ``clean_up`` (what a run
+#: killed after its shared swap left), ``record`` (before the drains: rows reaching the default
+#: outside the drained months are recorded) and ``swap`` (after them: the shared swap)
+DEFAULT_KINDS = ("clean_up", "record", "swap")
 
 
 class PartitionError(ValueError):
@@ -47,7 +54,8 @@ class PartitionError(ValueError):
 class Step:
     """One unit ``apply`` runs: a transaction (or, when not ``atomic``, one bare statement)."""
 
-    #: stage, copy, swap, attach, detach, finalize, drop_foreign_keys, drop, archive
+    #: stage, copy, swap, attach, detach, finalize, drop_foreign_keys, drop, archive, record,
+    #: clean_up (``clean_up``: each of its months' statements in transactions of their own)
     name: str
     statements: tuple[str, ...]
     atomic: bool = True
@@ -58,7 +66,8 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Action:
-    #: create (a month's partition, draining the default of its rows), drop, detach or archive
+    #: create (a month's partition, draining the default of its rows), drop, detach or archive;
+    #: or, on the default partition (``partition`` is its name), one of DEFAULT_KINDS
     kind: str
     partition: str
     start: dt.datetime
@@ -71,6 +80,14 @@ class Action:
     #: a create's statements after CREATE TABLE (LIKE ...): storage parameters, comment,
     #: identity default, row-level security (also in ``steps``; :meth:`Plan.sql` uses them)
     setup: tuple[str, ...] = ()
+    #: a swap, record or clean_up: the months it is for (a swap attaches them, in this order)
+    months: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        """What the action is on, as its steps are labelled: the months of a swap, record or
+        clean_up, else the partition."""
+        return ", ".join(self.months) if self.months else self.partition
 
     @property
     def statements(self) -> tuple[str, ...]:
@@ -84,6 +101,7 @@ class Action:
             "end": self.end.isoformat(),
             "default_rows": self.default_rows,
             "cascade": list(self.cascade),
+            "months": list(self.months),
             "steps": [step.to_dict() for step in self.steps],
             "sql": list(self.statements),
         }
@@ -107,6 +125,15 @@ class TablePlan:
     columns: tuple[str, ...] = ()
     #: the problems that keep an action from being planned (apply reports them as failures)
     blocked: tuple[str, ...] = ()
+
+    def step_labels(self) -> list[str]:
+        """Every step of the table's actions, in the order ``apply`` runs them, labelled as
+        ``ApplyResult.steps`` reports them: ``schema.table: step target``."""
+        return [
+            f"{self.schema}.{self.table}: {step.name} {action.target}"
+            for action in self.actions
+            for step in action.steps
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +174,9 @@ class Plan:
         )
         return dataclasses.replace(self, tables=tables)
 
+    def step_labels(self) -> list[str]:
+        return [label for t in self.tables for label in t.step_labels()]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "database": self.database,
@@ -159,14 +189,17 @@ class Plan:
         """A script for ``psql -1`` (one transaction) doing what ``apply`` does.
 
         ``apply`` itself commits per step, waits for quiet and retries lock timeouts; the script
-        takes every lock at once and moves rows of the default in one statement, so it is for
-        review, or for running in a maintenance window.
+        takes every lock at once and moves rows of the default in one statement per month, so
+        it is for review, or for running in a maintenance window. Holding its locks to the end,
+        it needs no recorder: the shared swap moves every drained month out of the default,
+        then attaches them all.
         """
         lines: list[str] = []
         for table in self.tables:
+            swapped = {m for a in table.actions if a.kind == "swap" for m in a.months}
             for action in table.actions:
-                lines.append(f"-- {table.schema}.{table.table}: {action.kind} {action.partition}")
-                lines.extend(f"{s};" for s in _script(table, action))
+                lines.append(f"-- {table.schema}.{table.table}: {action.kind} {action.target}")
+                lines.extend(f"{s};" for s in _script(table, action, swapped))
         if not lines:
             return ""
         settings = partition_settings()
@@ -183,43 +216,80 @@ class Plan:
         for table in self.tables:
             lines.append(f"{table.model} ({table.schema}.{table.table})")
             for action in table.actions:
-                extra = (
-                    f", moving {action.default_rows} row(s) from default"
-                    if action.default_rows
-                    else ""
-                )
-                if action.cascade:
-                    extra += f", CASCADE drops {', '.join(action.cascade)}"
-                lines.append(
-                    f"  {action.kind:<8} {action.partition}  "
-                    f"[{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
-                )
+                lines.append(f"  {action.kind:<8} {_describe(action)}")
             if not table.actions:
                 lines.append("  nothing to do")
             lines.extend(f"  ! {problem}" for problem in table.problems)
         return "\n".join(lines) or "no partitioned tables"
 
 
-def _script(table: TablePlan, action: Action) -> list[str]:
+def _describe(action: Action) -> str:
+    months = ", ".join(action.months)
+    if action.kind == "record":
+        return (
+            f"{action.partition}: record the rows reaching it outside {months} until their "
+            "shared swap"
+        )
+    if action.kind == "swap":
+        return (
+            f"{action.partition}: one shared swap (one TRUNCATE, keeping recorded rows), "
+            f"then ATTACH {months}"
+        )
+    if action.kind == "clean_up":
+        return f"{action.partition}: finish an earlier shared swap's clean-up of {months}"
+    extra = f", moving {action.default_rows} row(s) from default" if action.default_rows else ""
+    if action.kind == "create" and action.default_rows and not any(
+        step.name == "swap" for step in action.steps
+    ):
+        extra += " (copied; attached by the shared swap)"
+    if action.cascade:
+        extra += f", CASCADE drops {', '.join(action.cascade)}"
+    return f"{action.partition}  [{action.start:%Y-%m-%d}, {action.end:%Y-%m-%d}){extra}"
+
+
+def _script(table: TablePlan, action: Action, swapped: set[str]) -> list[str]:
     """The one-transaction form of an action, for :meth:`Plan.sql`."""
+    schema = table.schema
+    if action.kind == "record":
+        return []  # the script holds its locks to the end: nothing reaches the default unseen
+    if action.kind == "swap":
+        assert table.default is not None
+        creates = {a.partition: a for a in table.actions if a.kind == "create"}
+        months = [creates[name] for name in action.months]
+        return [
+            *sql.lock_in_dml_order(
+                schema, table.table, table.default, list(table.referenced), "ACCESS EXCLUSIVE"
+            ),
+            *(
+                sql.move_all(
+                    schema, table.default, m.partition, table.column, list(table.columns),
+                    m.start, m.end,
+                )
+                for m in months
+            ),
+            *(sql.attach(schema, table.table, m.partition, m.start, m.end) for m in months),
+            *(sql.drop_bounds_check(schema, m.partition) for m in months),
+        ]
     if action.kind != "create":
         statements = []
         for step in action.steps:
             for statement in step.statements:
                 statements.append(statement.removesuffix(" CONCURRENTLY"))
         return statements
-    schema, name = table.schema, action.partition
+    name = action.partition
     statements = [
         *sql.create_standalone(schema, table.table, name, table.column, action.start, action.end),
         *action.setup,
-        *sql.lock_in_dml_order(
-            schema,
-            table.table,
-            table.default,
-            list(table.referenced),
-            "ACCESS EXCLUSIVE" if action.default_rows else "SHARE ROW EXCLUSIVE",
-        ),
     ]
+    if name in swapped:
+        return statements  # filled and attached by the table's swap
+    statements += sql.lock_in_dml_order(
+        schema,
+        table.table,
+        table.default,
+        list(table.referenced),
+        "ACCESS EXCLUSIVE" if action.default_rows else "SHARE ROW EXCLUSIVE",
+    )
     if table.default:
         statements.append(
             sql.move_all(
@@ -232,6 +302,60 @@ def _script(table: TablePlan, action: Action) -> list[str]:
         sql.drop_bounds_check(schema, name),
     ]
     return statements
+
+
+def shared_swap_statements(
+    schema: str,
+    table: str,
+    default: str,
+    run: str,
+    key: list[str],
+    column: str,
+    columns: list[str],
+    referenced: list[str],
+    months: list[tuple[str, dt.datetime, dt.datetime]],
+) -> list[str]:
+    """The shared swap of ``months`` (name, start, end), copied while the run ``run`` recorded
+    the rows reaching ``default`` outside them: one short transaction under ACCESS EXCLUSIVE.
+
+    Under the lock everyone waits, so: statistics before it, one round trip for all the work
+    under it (re-copy each month's changed rows and drop its capture trigger, then one TRUNCATE
+    of the default keeping the recorded rows, then every ATTACH), the captures' leftovers and
+    bounds CHECKs dropped after it (:func:`clean_up_transactions`). Once the months are
+    attached, none of their rows can reach the default again, and TRUNCATE fires no row trigger.
+    """
+    ranges = [(start, end) for _name, start, end in months]
+    locked = ["SET CONSTRAINTS ALL IMMEDIATE"]  # Django's FKs are DEFERRABLE: see sql.swap()
+    for name, start, end in months:
+        locked += sql.recopy(schema, default, name, key, column, columns, start, end)[1:-1]
+    locked += sql.empty_default(schema, default, run, key, column, columns, ranges)
+    locked += [sql.attach(schema, table, name, start, end) for name, start, end in months]
+    return [
+        *(sql.analyze_changes(schema, name) for name, _start, _end in months),
+        f"ANALYZE {sql.qualified(schema, sql.strangers_name(default, run))}",
+        *sql.lock_in_dml_order(schema, table, default, referenced, "ACCESS EXCLUSIVE"),
+        ";\n".join(locked),
+    ]
+
+
+def clean_up_transactions(
+    schema: str, default: str, names: list[str]
+) -> list[tuple[list[str], str | None]]:
+    """What a shared swap leaves for after it, one short transaction each: each month's
+    capture (its trigger on the default, function and change table), then each month's bounds
+    CHECK (which LIKE + CHECK + ATTACH needs only until the ATTACH). With each, the partition
+    whose lock it waits to find quiet, if any."""
+    captures: list[tuple[list[str], str | None]] = [
+        ([
+            (
+                f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(name))} ON "
+                f"{sql.qualified(schema, default)}"
+            ),
+            *sql.drop_capture(schema, name),
+        ], None)
+        for name in names
+    ]
+    return [*captures, *(([sql.drop_bounds_check(schema, name)], name) for name in names)]
 
 
 def resolve_models(labels: list[str] | None) -> list[type[models.Model]]:
@@ -483,6 +607,23 @@ def _table_plan(
         )
     default = state.default.name if state.default else None
     actions: list[Action] = []
+    if default is not None:
+        checks, captures = catalog.swap_leftovers(using, schema, table)
+        left = sorted({*checks, *captures})
+        if left:
+            statements = [s for t, _ in clean_up_transactions(schema, default, left) for s in t]
+            bounds = [(p.start, p.end) for p in ranged if p.name in left and p.start and p.end]
+            start = min((b[0] for b in bounds), default=current)
+            end = max((b[1] for b in bounds), default=add_months(current, 1))
+            actions.append(
+                Action("clean_up", default, start, end, 0,
+                       (Step("clean_up", tuple(statements)),), months=tuple(left))
+            )
+    # In the order apply runs them: the months with rows in the default first (copied one by
+    # one, then swapped in together), so the months attached after them find the default
+    # (which every ATTACH scans under lock) already empty.
+    drains: list[Action] = []
+    creates: list[Action] = []
     for start in sorted(months):
         end = add_months(start, 1)
         if state.covers(start, end):
@@ -513,11 +654,14 @@ def _table_plan(
             carried=carried,
         )
         setup = (*sql.carry(schema, name, carried), *sql.copy_row_security(schema, name, security))
-        actions.append(
+        (drains if drain else creates).append(
             Action(
                 "create", name, start, end, in_default.get(start, 0), tuple(steps), setup=setup
             )
         )
+    actions += _drain_actions(using, schema, table, column, default, referenced, in_default,
+                              drains)
+    actions += creates
     concurrently = detach_concurrently(using, settings, state.default is not None)
     if settings.detach_concurrently and state.default is None and not concurrently:
         problems.append(
@@ -584,6 +728,65 @@ def _table_plan(
         default=default,
         columns=tuple(catalog.columns(using, schema, table)),
     )
+
+
+def _drain_actions(
+    using: str,
+    schema: str,
+    table: str,
+    column: str,
+    default: str | None,
+    referenced: tuple[str, ...],
+    in_default: dict[dt.datetime, int],
+    drains: list[Action],
+) -> list[Action]:
+    """The drains of one table, as apply runs them.
+
+    When every row of the default belongs to a drained month: the shared swap. A ``record``
+    step first (every row reaching the default outside those months is recorded from then on),
+    each month staged and copied, then one ``swap`` (one TRUNCATE of the default, keeping the
+    recorded rows, and every ATTACH) and its ``clean_up``. Otherwise (rows older than the
+    retention cutoff, or of a month that cannot be created, stay in the default and TRUNCATE
+    would lose them): each month is staged, copied and swapped alone, deleting its rows.
+    The recorder's name carries a token: each apply run draws its own (the one shown here is
+    this plan's).
+    """
+    if not drains or default is None or set(in_default) != {a.start for a in drains}:
+        return drains
+    key = catalog.primary_key_columns(using, schema, table)
+    columns = catalog.columns(using, schema, table)
+    token = uuid.uuid4().hex[:8]
+    months = tuple(a.partition for a in drains)
+    ranges = [(a.start, a.end) for a in drains]
+    start, end = drains[0].start, drains[-1].end
+    record = Action(
+        "record", default, start, end, 0,
+        (
+            Step(
+                "record",
+                (
+                    *sql.create_stranger_capture(schema, default, token, key, column, ranges),
+                    sql.recorder_heartbeat(schema, default, token),
+                ),
+            ),
+        ),
+        months=months,
+    )
+    swap = shared_swap_statements(
+        schema, table, default, token, key, column, columns, list(referenced),
+        [(a.partition, a.start, a.end) for a in drains],
+    )
+    clean_up = [s for t, _ in clean_up_transactions(schema, default, list(months)) for s in t]
+    swap_action = Action(
+        "swap", default, start, end, 0,
+        (Step("swap", tuple(swap)), Step("clean_up", tuple(clean_up))),
+        months=months,
+    )
+    copied = [
+        dataclasses.replace(a, steps=tuple(s for s in a.steps if s.name != "swap"))
+        for a in drains
+    ]
+    return [record, *copied, swap_action]
 
 
 def _name_clash(using: str, schema: str, table: str, name: str) -> str | None:

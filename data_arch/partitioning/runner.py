@@ -30,9 +30,11 @@ from data_arch.partitioning.plan import (
     Step,
     TablePlan,
     _name_clash,
+    clean_up_transactions,
     create_steps,
     detach_concurrently,
     retention_steps,
+    shared_swap_statements,
 )
 
 __all__ = ["ApplyResult", "Failure", "MaintenanceBusy", "MaintenanceError", "apply"]
@@ -75,6 +77,8 @@ class ApplyResult:
     done: list[str] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
     failures: list[Failure] = dataclasses.field(default_factory=list)
+    #: every step run, labelled as :meth:`Plan.step_labels` lists them
+    steps: list[str] = dataclasses.field(default_factory=list)
     rows_moved: int = 0
     lock_retries: int = 0
 
@@ -87,6 +91,7 @@ class ApplyResult:
             "done": list(self.done),
             "skipped": list(self.skipped),
             "failures": [str(f) for f in self.failures],
+            "steps": list(self.steps),
             "rows_moved": self.rows_moved,
             "lock_retries": self.lock_retries,
         }
@@ -128,6 +133,9 @@ class Runner:
         self.token = uuid.uuid4().hex[:8]
         #: the default this run's recorder is installed on, while it is
         self.recording: str | None = None
+
+    def ran(self, table: TablePlan, step: str, target: str) -> None:
+        self.result.steps.append(f"{table.schema}.{table.table}: {step} {target}")
 
     def drop_recorder(self, schema: str, table: str) -> None:
         """Remove this run's recorder. Without the table's try-lock: it is this run's own, and
@@ -259,8 +267,10 @@ class Runner:
 
 
 def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -> ApplyResult:
-    """Execute ``the_plan``, action by action; each is re-checked against the catalog first.
+    """Execute ``the_plan``: its actions and their steps, in the plan's order, each re-checked
+    against the catalog first (what no longer applies is skipped).
 
+    ``result.steps`` lists every step run, labelled as :meth:`Plan.step_labels` lists them.
     A failing action is recorded in ``result.failures`` and the run goes on; another run
     holding a table's lock skips that table (recorded as a failure naming the lock).
     """
@@ -280,7 +290,7 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         logger.warning("%s failed: %s", label_of(table, action), message)
         result.failures.append(
-            Failure(table.schema, table.table, f"{action.kind} {action.partition}", message)
+            Failure(table.schema, table.table, f"{action.kind} {action.target}", message)
         )
 
     def finished(table: TablePlan, action: Action, changed: bool) -> None:
@@ -288,15 +298,16 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         if on_progress:
             on_progress(label_of(table, action))
 
-    def swap_pending(table: TablePlan, drains: list[Action], shared: bool) -> None:
-        pending, runner.pending = runner.pending or [], []
+    def swap_pending(table: TablePlan, months: tuple[str, ...]) -> None:
+        pending, runner.pending = runner.pending or [], None
         if not pending:
             return
-        # Together only when every planned drain is here: the TRUNCATE keeps rows outside the
-        # drained months only if the trigger recorded them (a failed month's were not).
-        together = shared and [a.partition for a in pending] == [a.partition for a in drains]
+        # Together only when every month of the planned swap is here: the TRUNCATE keeps rows
+        # outside the drained months only if the recorder recorded them (a failed month's were
+        # not).
+        together = [a.partition for a in pending] == list(months)
         try:
-            outcomes = _swap_together(runner, table, pending, together, shared)
+            outcomes = _swap_together(runner, table, pending, together)
         except (DatabaseError, MaintenanceError) as exc:
             outcomes = [(action, exc) for action in pending]
         for action, error in outcomes:
@@ -306,23 +317,26 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
                 failed(table, action, error)
 
     for table in the_plan.tables:
-        # Months with rows in the default first: they are copied one by one, then swapped in
-        # together, so the months attached after them find the default (which every ATTACH
-        # scans under lock) already empty.
+        runner.pending = None
         try:
-            _finish_cleanups(runner, table)
-        except (DatabaseError, MaintenanceError) as exc:
-            logger.warning("%s.%s: clean-up of an earlier run left for later: %s",
-                           table.schema, table.table, exc)
-        drains = [a for a in table.actions if a.kind == "create" and a.default_rows]
-        ordered = drains + [a for a in table.actions if a not in drains]
-        shared = _prepare_shared_swap(runner, table, drains)
-        runner.pending = []
-        try:
-            for action in ordered:
-                if runner.pending and action not in drains:
-                    swap_pending(table, drains, shared)
+            for action in table.actions:
                 try:
+                    if action.kind == "clean_up":
+                        try:
+                            _finish_cleanups(runner, table, action)
+                        except (DatabaseError, MaintenanceError) as exc:
+                            # Only leftovers on attached months: the next run finishes them
+                            # (a concurrent run may be doing it right now).
+                            logger.warning("%s.%s: clean-up of an earlier run left for later: "
+                                           "%s", table.schema, table.table, exc)
+                        continue
+                    if action.kind == "record":
+                        if _prepare_shared_swap(runner, table, action):
+                            runner.pending = []  # the drains' swaps wait for the shared one
+                        continue
+                    if action.kind == "swap":
+                        swap_pending(table, action.months)
+                        continue
                     changed = _apply_action(runner, table, action)
                 except MaintenanceBusy as exc:
                     result.failures.append(
@@ -335,7 +349,8 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
                 if runner.pending and runner.pending[-1] is action:
                     continue  # reported with the shared swap
                 finished(table, action, changed)
-            swap_pending(table, drains, shared)
+            if runner.pending:  # a swap left out of the plan given: the copies still go in
+                swap_pending(table, ())
         finally:
             runner.pending = None
             try:
@@ -346,42 +361,29 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
     return result
 
 
-def _finish_cleanups(runner: Runner, table: TablePlan) -> None:
+def _finish_cleanups(runner: Runner, table: TablePlan, action: Action) -> None:
     """Finish the clean-up of a shared swap whose run was killed before it (see
     :func:`_after_shared_swap`): attached months keep neither capture nor bounds CHECK."""
     if table.default is None:
         return
     checks, captures = catalog.swap_leftovers(runner.using, table.schema, table.table)
-    if not checks and not captures:
-        return
-    _after_shared_swap(runner, table, table.default, sorted({*checks, *captures}))
+    left = [name for name in action.months if name in {*checks, *captures}]
+    if left:
+        _after_shared_swap(runner, table, table.default, left, action.target)
 
 
 def _after_shared_swap(
-    runner: Runner, table: TablePlan, default: str, partitions: list[str]
+    runner: Runner, table: TablePlan, default: str, partitions: list[str], target: str
 ) -> None:
-    """What the shared swap left for later: each month's capture and its bounds CHECK (which
-    LIKE + CHECK + ATTACH needs only until the ATTACH), one short transaction each."""
+    """What the shared swap left for later (:func:`clean_up_transactions`)."""
     schema = table.schema
-    for name in partitions:
-        runner.transaction(
-            schema, table.table,
-            [
-                (
-                    f"DROP TRIGGER IF EXISTS {sql.quote(sql.capture_name(name))} ON "
-                    f"{sql.qualified(schema, default)}"
-                ),
-                *sql.drop_capture(schema, name),
-            ],
-        )
-    for name in partitions:
-        runner.transaction(
-            schema, table.table, [sql.drop_bounds_check(schema, name)],
-            [sql.qualified(schema, name)],
-        )
+    for statements, locked in clean_up_transactions(schema, default, partitions):
+        quiet = [sql.qualified(schema, locked)] if locked else None
+        runner.transaction(schema, table.table, list(statements), quiet)
+    runner.ran(table, "clean_up", target)
 
 
-def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action]) -> bool:
+def _prepare_shared_swap(runner: Runner, table: TablePlan, record: Action) -> bool:
     """Whether the table's drains can be swapped in together (see :func:`_swap_together`).
 
     Before any copy: a trigger starts recording every row that reaches the default outside
@@ -391,6 +393,7 @@ def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action])
     using, schema = runner.using, table.schema
     state = catalog.read_table(using, schema, table.table, table.column)
     default = state.default.name if state and state.default else None
+    drains = [a for a in table.actions if a.kind == "create" and a.partition in record.months]
     if not drains or default is None:
         return False
     ranges = [(a.start, a.end) for a in drains]
@@ -416,6 +419,7 @@ def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action])
         with connections[using].cursor() as cursor:
             cursor.execute(sql.holds_only(schema, default, runner.token, key, table.column, ranges))
             if cursor.fetchone()[0]:
+                runner.ran(table, "record", record.target)
                 return True
         runner.drop_recorder(schema, table.table)
     except (DatabaseError, MaintenanceError) as exc:
@@ -424,47 +428,33 @@ def _prepare_shared_swap(runner: Runner, table: TablePlan, drains: list[Action])
 
 
 def _swap_together(
-    runner: Runner, table: TablePlan, pending: list[Action], shared: bool, installed: bool
+    runner: Runner, table: TablePlan, pending: list[Action], shared: bool
 ) -> list[tuple[Action, BaseException | None]]:
     """Swap in the copied months of one table in one short transaction.
 
-    When ``shared`` (:func:`_prepare_shared_swap` said so, and every planned drain got this
-    far), the default is emptied with one TRUNCATE, keeping the rows recorded as arriving
-    outside the drained months, and every month is attached after it: no ATTACH scans a big
-    default and nothing is deleted row by row under the lock. Otherwise (rows older than
-    retention sit in the default too, or a drain failed) each month is swapped alone,
-    deleting its rows from the default.
+    When ``shared`` (every month of the planned swap got this far), the default is emptied
+    with one TRUNCATE, keeping the rows recorded as arriving outside the drained months, and
+    every month is attached after it: no ATTACH scans a big default and nothing is deleted
+    row by row under the lock. Otherwise (a drain failed, or a concurrent run swapped some
+    in) each month is swapped alone, deleting its rows from the default.
     """
     using, schema = runner.using, table.schema
     state = catalog.read_table(using, schema, table.table, table.column)
     default = state.default.name if state and state.default else None
     if default is not None and shared:
-        ranges = [(a.start, a.end) for a in pending]
-        key = catalog.primary_key_columns(using, schema, table.table)
-        columns = catalog.columns(using, schema, table.table)
-        referenced = catalog.referenced_tables(using, schema, table.table)
-        # Under the lock everyone waits, so: statistics before it, one round trip for all
-        # the work under it, and the capture's leftovers dropped after it.
-        # The capture triggers stay until after it: once the months are attached, none of
-        # their rows can reach the default again, and TRUNCATE fires no row trigger.
-        locked = ["SET CONSTRAINTS ALL IMMEDIATE"]  # Django's FKs are DEFERRABLE: see swap()
-        for a in pending:
-            locked += sql.recopy(
-                schema, default, a.partition, key, table.column, columns, a.start, a.end
-            )[1:-1]
-        locked += sql.empty_default(
-            schema, default, runner.token, key, table.column, columns, ranges
-        )
-        locked += [sql.attach(schema, table.table, a.partition, a.start, a.end) for a in pending]
         statements: list[Any] = [
             # First, under the table's try-lock (no other run's step can run meanwhile): every
             # month is still staged and unattached, so its change table is there to analyze.
             *(_guard(schema, a.partition, True) for a in pending),
-            *(sql.analyze_changes(schema, a.partition) for a in pending),
-            f"ANALYZE {sql.qualified(schema, sql.strangers_name(default, runner.token))}",
-            *sql.lock_in_dml_order(schema, table.table, default, referenced, "ACCESS EXCLUSIVE"),
-            ";\n".join(locked),
+            *shared_swap_statements(
+                schema, table.table, default, runner.token,
+                catalog.primary_key_columns(using, schema, table.table), table.column,
+                catalog.columns(using, schema, table.table),
+                catalog.referenced_tables(using, schema, table.table),
+                [(a.partition, a.start, a.end) for a in pending],
+            ),
         ]
+        referenced = catalog.referenced_tables(using, schema, table.table)
         quiet = [*referenced, sql.qualified(schema, table.table), sql.qualified(schema, default)]
         try:
             runner.transaction(schema, table.table, statements, quiet)
@@ -472,23 +462,20 @@ def _swap_together(
             pass  # a concurrent run swapped some in: each goes on alone
         else:
             runner.recording = None  # dropped by the swap
-            _after_shared_swap(runner, table, default, [a.partition for a in pending])
+            target = ", ".join(a.partition for a in pending)
+            runner.ran(table, "swap", target)
+            _after_shared_swap(runner, table, default, [a.partition for a in pending], target)
             return [(a, None) for a in pending]
-    if installed:
-        runner.drop_recorder(schema, table.table)
+    runner.drop_recorder(schema, table.table)
     outcomes: list[tuple[Action, BaseException | None]] = []
-    saved, runner.pending = runner.pending, None
-    try:
-        for a in pending:
-            try:
-                fresh = catalog.read_table(using, schema, table.table, table.column)
-                if fresh is not None:
-                    _create(runner, table, a, fresh)
-                outcomes.append((a, None))
-            except (DatabaseError, MaintenanceError) as exc:
-                outcomes.append((a, exc))
-    finally:
-        runner.pending = saved
+    for a in pending:
+        try:
+            fresh = catalog.read_table(using, schema, table.table, table.column)
+            if fresh is not None:
+                _create(runner, table, a, fresh)
+            outcomes.append((a, None))
+        except (DatabaseError, MaintenanceError) as exc:
+            outcomes.append((a, exc))
     return outcomes
 
 
@@ -583,6 +570,7 @@ def _create_once(
             statements.insert(len(statements) - 2, no_stragglers)
         try:
             runner.transaction(schema, table.table, statements, quiet)
+            runner.ran(table, steps[0].name, name)
             return True
         except _Straggler:
             staged = catalog.relation(using, schema, name) is not None
@@ -615,6 +603,7 @@ def _create_once(
             return True
         else:
             runner.transaction(schema, table.table, [guard, *step.statements], quiet)
+        runner.ran(table, step.name, name)
         staged = True
     return True
 
@@ -651,6 +640,7 @@ def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.Tab
                 schema, table.table, statements,
                 parent if step.name in ("detach", "finalize") else None,
             )
+        runner.ran(table, step.name, partition.name)
     return True
 
 

@@ -183,8 +183,10 @@ def create_capture(
     changes, function = qualified(schema, changes_name(name)), qualified(schema, capture_name(name))
     keys = ", ".join(quote(c) for c in key)
     return [
-        f"CREATE TABLE IF NOT EXISTS {changes} AS SELECT {keys} FROM "
-        f"{qualified(schema, default)} WITH NO DATA",
+        (
+            f"CREATE TABLE IF NOT EXISTS {changes} AS SELECT {keys} FROM "
+            f"{qualified(schema, default)} WITH NO DATA"
+        ),
         (
             f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
             "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$ BEGIN "

@@ -556,6 +556,10 @@ def test_the_clean_up_of_a_shared_swap_killed_before_it_is_finished_by_the_next_
     from data_arch.partitioning import catalog
 
     assert catalog.swap_leftovers("default", events, TABLE) == ([name], [name])
-    assert getattr(apply(plan(models_=["events.Event"], ahead=1)), "failures", []) == []
+    the_plan = plan(models_=["events.Event"], ahead=1)
+    assert the_plan.step_labels() == [f"{events}.{TABLE}: clean_up {name}"]
+    result = apply(the_plan)
+    assert getattr(result, "failures", []) == []
+    assert result.steps == the_plan.step_labels()
     assert catalog.swap_leftovers("default", events, TABLE) == ([], [])
     assert not catalog.has_trigger("default", events, default, sql.capture_name(name))

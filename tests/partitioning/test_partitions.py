@@ -321,3 +321,162 @@ def test_apply_refuses_to_run_inside_a_transaction(db):
         plan(models_=["events.Event"], now=NOW)  # a tenant app, asked for in the public schema
     with pytest.raises(PartitionError, match="outside transaction.atomic"):
         apply(plan(models_=["audit.AuditEntry"], now=NOW))
+
+
+# ------------------------------------------------ the plan shown is the plan run (big default)
+
+
+def _fill(schema: str, start: dt.datetime, rows: int) -> None:
+    """``rows`` rows on the third day of the month starting at ``start`` (in its default)."""
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {sql.qualified(schema, TABLE)} (occurred_at, kind, payload) "
+            "SELECT %s + (g %% 86400) * interval '1 second', 'login', '{}' "
+            "FROM generate_series(1, %s) g",
+            [start + dt.timedelta(days=2), rows],
+        )
+
+
+def _in_default(schema: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, TABLE + '_default')}")
+        return cursor.fetchone()[0]
+
+
+def _json_plan() -> list[dict]:
+    import io
+    import json
+
+    out = io.StringIO()
+    with pytest.raises(CommandError):  # changes pending: exit status 2
+        call_command(
+            "partitions", "plan", "--tenant", "tenant_a", "--model", "events.Event",
+            "--ahead", "2", "--format", "json", stdout=out,
+        )
+    return json.loads(out.getvalue())
+
+
+def test_the_shared_swap_is_one_step_of_the_plan_and_apply_runs_the_plan_s_steps(events):
+    """Three far-future months in the default: the plan lists what apply does — record, each
+    month staged and copied, ONE swap attaching all three, its clean-up, then the month
+    without rows — and apply reports exactly those steps, in that order."""
+    from data_arch.partitioning.months import add_months, month_start
+
+    current = month_start(dt.datetime.now(dt.UTC))
+    apply(plan(models_=["events.Event"], ahead=1))
+    far = [add_months(current, 30 + i) for i in range(3)]
+    for start in far:
+        _fill(events, start, 250)
+    names = [sql.partition_name(TABLE, start) for start in far]
+    third = sql.partition_name(TABLE, add_months(current, 2))
+    swaps = [
+        (action.get("months"), step)
+        for table in _json_plan()[0]["tables"]
+        for action in table["actions"]
+        for step in action["steps"]
+        if step["name"] == "swap"
+    ]
+    assert len(swaps) == 1 and swaps[0][0] == names
+    assert any("TRUNCATE" in statement for statement in swaps[0][1]["sql"])
+
+    the_plan = plan(models_=["events.Event"], ahead=2)
+    prefix = f"{events}.{TABLE}: "
+    months = ", ".join(names)
+    assert the_plan.step_labels() == [
+        f"{prefix}record {months}",
+        *(f"{prefix}{step} {name}" for name in names for step in ("stage", "copy")),
+        f"{prefix}swap {months}",
+        f"{prefix}clean_up {months}",
+        f"{prefix}attach {third}",
+    ]
+    shown = [line.split() for line in str(the_plan).splitlines()]
+    assert [line[0] for line in shown[1:]] == ["record", *["create"] * 3, "swap", "create"]
+    assert months in str(the_plan)
+
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 100}}):
+        result = apply(the_plan)
+    assert result.failures == []
+    assert result.steps == the_plan.step_labels()
+    assert result.rows_moved == 750
+    assert sorted(result.done) == sorted(f"{prefix}create {n}" for n in [*names, third])
+    assert _in_default(events) == 0
+    for start in far:
+        assert Event.objects.filter(
+            occurred_at__gte=start, occurred_at__lt=add_months(start, 1)
+        ).count() == 250
+    assert not plan(models_=["events.Event"], ahead=2).pending
+
+
+def test_with_rows_older_than_retention_in_the_default_the_plan_swaps_month_by_month(events):
+    """Rows older than the retention cutoff stay in the default (a TRUNCATE would lose them):
+    the plan shows each month staged, copied and swapped alone, and apply does just that."""
+    from data_arch.partitioning.months import add_months, month_start
+
+    current = month_start(dt.datetime.now(dt.UTC))
+    apply(plan(models_=["events.Event"], ahead=1))
+    far = [add_months(current, 30 + i) for i in range(2)]
+    for start in far:
+        _fill(events, start, 120)
+    _fill(events, add_months(current, -8), 7)  # older than retain=3 months: stays
+    names = [sql.partition_name(TABLE, start) for start in far]
+    the_plan = plan(models_=["events.Event"], ahead=1, retain=3)
+    prefix = f"{events}.{TABLE}: "
+    assert the_plan.step_labels() == [
+        f"{prefix}{step} {name}" for name in names for step in ("stage", "copy", "swap")
+    ]
+    assert any("older than the months kept" in p for p in the_plan.tables[0].problems)
+    with override_settings(DATA_ARCH={"PARTITIONS": {"DRAIN_BATCH_SIZE": 50}}):
+        result = apply(the_plan)
+    assert result.failures == []
+    assert result.steps == the_plan.step_labels()
+    assert _in_default(events) == 7
+    assert result.rows_moved == 240
+
+
+def _run_psql_single_transaction(script: str) -> None:
+    """``psql -1 -v ON_ERROR_STOP=1``: the script as one transaction, stopping at any error."""
+    import os
+    import subprocess
+
+    from harness.services import find_postgres
+
+    db = connection.settings_dict
+    env = {**os.environ, "PGPASSWORD": str(db.get("PASSWORD") or "")}
+    done = subprocess.run(
+        [
+            find_postgres(os.environ.get("DATA_ARCH_POSTGRES"))["psql"], "-X", "-q", "-1",
+            "-v", "ON_ERROR_STOP=1", "-h", str(db["HOST"]), "-p", str(db["PORT"]),
+            "-U", str(db["USER"]), "-d", str(db["NAME"]), "-f", "-",
+        ],
+        input=script, capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_plan_sql_of_a_shared_swap_runs_in_psql_single_transaction(events):
+    from data_arch.partitioning.months import add_months, month_start
+
+    current = month_start(dt.datetime.now(dt.UTC))
+    apply(plan(models_=["events.Event"], ahead=1))
+    far = [add_months(current, 30 + i) for i in range(2)]
+    for start in far:
+        _fill(events, start, 40)
+    the_plan = plan(models_=["events.Event"], ahead=1)
+    assert [a.kind for a in the_plan.tables[0].actions] == ["record", "create", "create", "swap"]
+    script = the_plan.sql()
+    assert "TRUNCATE" not in script  # one transaction holds its locks: no recorder needed
+    _run_psql_single_transaction(script)
+    assert _in_default(events) == 0
+    assert not plan(models_=["events.Event"], ahead=1).pending
+    assert Event.objects.filter(occurred_at__gte=far[0]).count() == 80
+    with connection.cursor() as cursor:  # no recorder, capture or bounds CHECK left behind
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+            [sql.qualified(events, TABLE + "_default")],
+        )
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conname LIKE %s",
+            [f"{TABLE}%_bounds"],
+        )
+        assert cursor.fetchone()[0] == 0
