@@ -1,0 +1,194 @@
+"""What every benchmark shares: its command line, its services, its figures and its result file.
+
+A benchmark is a script ``bench/<name>.py`` whose ``main()`` builds a :class:`Report`, adds one
+:class:`Row` per compared measure (data_arch next to the tool a user would otherwise pick, same
+run, same data) and writes it. ``python3 scripts/dev.py bench`` runs them one after another and
+renders ``bench/results/README.md`` from the result files; each also runs on its own:
+
+    python bench/<name>.py [--quick] [--result PATH]
+
+A missed target is reported, never raised: the exit status says whether the benchmark ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import operator
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+
+
+def arguments(doc: str | None = None, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="the short run (under a minute)")
+    parser.add_argument("--result", type=Path, help="where to write the JSON result")
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def services(**kwargs) -> Iterator:
+    """Throwaway PostgreSQL primary + streaming replica + Redis (or the servers named by
+    ``DATABASE_URL`` / ``REPLICA_URL`` / ``REDIS_URL``), exported to ``os.environ``."""
+    from harness.services import start_services
+
+    with start_services(**kwargs) as started:
+        os.environ.update(started.environ())
+        yield started
+
+
+def django_setup(settings_module: str = "tests.settings") -> None:
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    import django
+
+    django.setup()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50 / p99 / max of durations in seconds, as milliseconds."""
+    if not seconds:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {
+        "p50": round(statistics.median(ordered) * 1000, 3),
+        "p99": round(p99 * 1000, 3),
+        "max": round(ordered[-1] * 1000, 3),
+        "count": len(ordered),
+    }
+
+
+@dataclass
+class Row:
+    """One compared measure. ``ratio`` is data_arch's value over the alternative's; ``target``
+    is a condition on that ratio, e.g. ``("<=", 0.1)`` for "at least 10 x faster"."""
+
+    measure: str
+    unit: str
+    data_arch: float | None
+    alternative: str
+    alternative_value: float | None
+    target: tuple[str, float] | None = None
+    target_text: str = ""
+    note: str = ""
+    ratio: float | None = field(default=None)
+    met: bool | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.data_arch is not None and self.alternative_value:
+            self.ratio = round(self.data_arch / self.alternative_value, 4)
+        if self.target and self.ratio is not None:
+            op, value = self.target
+            self.met = bool(_OPS[op](self.ratio, value))
+
+
+@dataclass
+class Report:
+    name: str
+    title: str
+    quick: bool
+    rows: list[Row] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, *args, **kwargs) -> Row:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        return row
+
+    def skip(self, what: str, reason: str) -> None:
+        """A comparison that could not run here, and why (shown in the table)."""
+        self.skipped.append(f"{what}: {reason}")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "quick": self.quick,
+            "command": f"python3 scripts/dev.py bench {'--quick ' if self.quick else ''}{self.name}",
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "rows": [asdict(row) for row in self.rows],
+            "skipped": self.skipped,
+            "details": self.details,
+        }
+
+    def write(self, path: Path | None = None) -> Path:
+        path = path or RESULTS / f"{self.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        print(render_rows(self.to_dict()))
+        return path
+
+
+def machine() -> dict:
+    info = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.machine()}",
+    }
+    try:
+        info["load_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    try:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            info["postgres"] = cursor.fetchone()[0].split()[0]
+    except Exception:  # noqa: BLE001 -- Django may not be set up; the version is optional
+        pass
+    return info
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    if 0 < ratio < 1:
+        return f"{ratio:.3g} × ({1 / ratio:.3g} × less)"
+    return f"{ratio:.3g} ×"
+
+
+def render_rows(result: dict, with_header: bool = True) -> str:
+    lines = []
+    if with_header:
+        lines += [
+            "| Benchmark | Measure | data_arch | Alternative | Ratio | Target | Met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for row in result["rows"]:
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        note = f" — {row['note']}" if row.get("note") else ""
+        lines.append(
+            f"| {result['name']} | {row['measure']}{note} | {_figure(row['data_arch'])} {row['unit']} "
+            f"| {row['alternative']}: {_figure(row['alternative_value'])} {row['unit']} "
+            f"| {_ratio(row['ratio'])} | {row['target_text'] or '-'} | {met} |"
+        )
+    for skipped in result.get("skipped", []):
+        lines.append(f"| {result['name']} | not measured: {skipped} | | | | | |")
+    return "\n".join(lines)
