@@ -7,7 +7,9 @@ transaction, and keeps the promises the ORM's write paths keep:
   (a row without a tenant gets it; a row of another tenant is refused, and with no tenant
   active nothing is written). The COPY runs through tenancy's guard on ``cursor.copy()``
   (:func:`data_arch.tenancy.rls.install_copy_guard`), so the tenant's RLS setting and
-  search_path hold for it, and the policy's ``WITH CHECK`` applies to every row;
+  search_path hold for it. PostgreSQL refuses ``COPY FROM`` into a table whose Row-Level
+  Security applies to the role, so there the rows are copied into a temporary table and moved
+  with one ``INSERT ... SELECT``, which the policy's ``WITH CHECK`` judges row by row;
 * partition-aware: each row's partition key is checked against the partitions in the catalog.
   A row outside every partition goes to the default partition (``partitions apply`` moves it
   later), or, for a table without one (``MonthlyPartitioning(default=False)``), the call is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -104,8 +107,8 @@ def copy_rows(
                 f"{key_field.name!r}: add it to fields"
             )
         key_at = chosen.index(key_field)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in chosen)
-    statement = f"COPY {connection.ops.quote_name(table)} ({columns}) FROM STDIN"
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in chosen)
     names = [f.name for f in chosen]
     count = to_default = 0
     with transaction.atomic(using=alias):
@@ -117,7 +120,22 @@ def copy_rows(
                     f"{model._meta.label}: no partitioned table {table!r} in schema {schema!r}"
                 )
             bounds = _Bounds(*found)
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT row_security_active(%s::regclass)", [quote(table)])
+            (secured,) = cursor.fetchone()
+            target = quote(table)
+            if secured:
+                # PostgreSQL refuses COPY FROM into a table whose policies apply to this role
+                # ("COPY FROM not supported with row-level security"): copy into a temporary
+                # table, then one INSERT ... SELECT, which the policy's WITH CHECK sees.
+                target = quote(f"data_arch_copy_{uuid.uuid4().hex[:12]}")
+                cursor.execute(
+                    f"CREATE TEMPORARY TABLE {target} ON COMMIT DROP AS "
+                    f"SELECT {columns} FROM {quote(table)} WITH NO DATA"
+                )
+        with connection.cursor() as cursor, cursor.copy(
+            f"COPY {target} ({columns}) FROM STDIN"
+        ) as copy:
             for row in rows:
                 values = _values(model, row, chosen, given, names, connection)
                 if tenant_at is not None:
@@ -141,6 +159,12 @@ def copy_rows(
                     to_default += 1
                 copy.write_row(values)
                 count += 1
+        if secured:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM {target}"
+                )
+                cursor.execute(f"DROP TABLE {target}")
         _written(model, alias)
     if to_default:
         logger.warning(
