@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 from django.apps import apps
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django_tenants.utils import schema_context
 
 from data_arch.conf import tenancy_settings
@@ -17,10 +17,13 @@ from tests.tenancy.conftest import APP_ROLE
 JUNE = dt.datetime(2026, 6, 10, tzinfo=dt.UTC)
 TABLE = "billing_copy_reading"
 
+pytestmark = pytest.mark.django_db(databases="__all__")  # what a test writes is rolled back
+
 
 @pytest.fixture(scope="module")
 def reading(row_tenants, app_role):
-    """A monthly-partitioned row-level model with RLS, readable and writable by the app role."""
+    """A monthly-partitioned row-level model with RLS, readable and writable by the app role
+    (``live_db``, through ``row_tenants``: the table is committed)."""
 
     class Reading(TenantModel):
         at = models.DateTimeField()
@@ -59,17 +62,19 @@ def reading(row_tenants, app_role):
         apps.clear_cache()
 
 
-def stored(reading) -> list[tuple[int, int]]:
-    """(tenant_id, value) of every committed row, read by the superuser (RLS does not apply)."""
-    return sorted(reading.unscoped.using("default").values_list("tenant_id", "value"))
+def stored(reading, tenants) -> list[tuple[int, int]]:
+    """(tenant_id, value) of the rows the app role sees, tenant by tenant (the policy bounds
+    what it sees; its test transaction holds what it wrote)."""
+    found = []
+    for tenant in tenants:
+        with tenant_context(tenant):
+            found += reading.unscoped.using("app").values_list("tenant_id", "value")
+    return sorted(found)
 
 
 @pytest.fixture
-def empty(reading, live_db):
-    """The table, emptied after each test: copies commit (on the app role's own connection)."""
-    yield reading
-    with connections["default"].cursor() as cursor:
-        cursor.execute(f"DELETE FROM {TABLE}")
+def empty(reading):
+    return reading
 
 
 def test_rows_are_written_for_the_current_tenant_through_rls(empty, row_tenants):
@@ -80,7 +85,7 @@ def test_rows_are_written_for_the_current_tenant_through_rls(empty, row_tenants)
             using="app",
         )
     assert written == 4
-    assert stored(empty) == [(a.pk, 0), (a.pk, 1), (a.pk, 2), (a.pk, 3)]
+    assert stored(empty, [a, b]) == [(a.pk, 0), (a.pk, 1), (a.pk, 2), (a.pk, 3)]
     with tenant_context(b):
         assert empty.objects.using("app").count() == 0  # the policy hides them from b
         copy_rows(empty, [(JUNE, 9)], fields=["at", "value"], using="app")
@@ -95,15 +100,17 @@ def test_a_row_of_another_tenant_refuses_the_whole_copy(empty, row_tenants):
         copy_rows(empty, rows, using="app")
     with tenant_context(a), pytest.raises(CrossTenantError):
         copy_rows(empty, [{"at": JUNE, "value": 1, "tenant_id": b.pk}], using="default")
-    assert stored(empty) == []
+    assert stored(empty, [a, b]) == []
+    assert empty.unscoped.using("default").count() == 0
 
 
-def test_without_a_tenant_nothing_is_written(empty):
+def test_without_a_tenant_nothing_is_written(empty, row_tenants):
     with pytest.raises(NoTenantError):
         copy_rows(empty, [empty(at=JUNE, value=1)], using="app")
     with pytest.raises(NoTenantError):
         copy_rows(empty, [empty(at=JUNE, value=1)])  # as the superuser too
-    assert stored(empty) == []
+    assert stored(empty, row_tenants[:2]) == []
+    assert empty.unscoped.using("default").count() == 0
 
 
 def test_explicit_ids_are_refused(empty, row_tenants):
@@ -119,9 +126,12 @@ def test_a_bare_copy_by_a_role_under_rls_is_refused_so_rows_are_staged(empty, ro
     refused = pytest.raises(Exception, match="COPY FROM not supported with row-level")
     statement = f"COPY {TABLE} (tenant_id, at, value) FROM STDIN"
     app = connections["app"]
-    with tenant_context(a), refused, app.cursor() as cursor, cursor.copy(statement) as copy:
+    with (
+        tenant_context(a), refused, transaction.atomic(using="app"),
+        app.cursor() as cursor, cursor.copy(statement) as copy,
+    ):
         copy.write_row((a.pk, JUNE, 1))
     with connections["app"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'data_arch_copy_%%'")
         assert cursor.fetchone()[0] == 0  # no staging table is left behind
-    assert stored(empty) == []
+    assert stored(empty, [a]) == []
