@@ -13,6 +13,7 @@ A missed target is reported, never raised: the exit status says whether the benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import operator
@@ -145,14 +146,13 @@ def machine() -> dict:
         info["load_1min"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
-    try:
+    # Django may not be set up; the version is optional.
+    with contextlib.suppress(Exception):
         from django.db import connection
 
         with connection.cursor() as cursor:
             cursor.execute("SHOW server_version")
             info["postgres"] = cursor.fetchone()[0].split()[0]
-    except Exception:  # noqa: BLE001 -- Django may not be set up; the version is optional
-        pass
     return info
 
 
@@ -192,3 +192,74 @@ def render_rows(result: dict, with_header: bool = True) -> str:
     for skipped in result.get("skipped", []):
         lines.append(f"| {result['name']} | not measured: {skipped} | | | | | |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- shared by the
+# partition benchmarks: a throwaway events model, plain psycopg connections, WAL and sizes.
+
+
+def event_model(name: str, table: str, *, partitioned: bool = True, default: bool = True,
+                app_label: str = "data_arch", retain: int | None = None):
+    """A model ``(id, at, kind, payload)`` with an index on ``at``, monthly-partitioned by
+    ``at`` (data_arch's declaration) unless ``partitioned=False``. Create its table with
+    :func:`create_table`; call only after :func:`django_setup`."""
+    from django.db import models
+
+    from data_arch.partitioning import MonthlyPartitioning
+
+    meta = {"app_label": app_label, "db_table": table,
+            "indexes": [models.Index(fields=["at"], name=f"{table[:24]}_at")]}
+    if partitioned:
+        meta["constraints"] = [MonthlyPartitioning(
+            field="at", default=default, retain=retain, mode="drop", name=f"{table[:24]}_pk")]
+    return type(name, (models.Model,), {
+        "__module__": __name__,
+        "at": models.DateTimeField(),
+        "kind": models.CharField(max_length=16, default="view"),
+        "payload": models.TextField(default=""),
+        "Meta": type("Meta", (), meta),
+    })
+
+
+def create_table(model, using: str = "default") -> None:
+    """(Re)create ``model``'s table through the schema editor (data_arch's partitioning hook
+    makes a declared model's table a partitioned parent with its default partition)."""
+    from django.db import connections
+
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(model._meta.db_table)} CASCADE")
+    with connection.schema_editor() as editor:
+        editor.create_model(model)
+
+
+def drop_tables(*tables: str, using: str = "default") -> None:
+    from django.db import connections
+
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(table)} CASCADE")
+
+
+def connect(url: str | None = None, **kwargs):
+    """A plain psycopg connection (autocommit) to the primary, outside Django."""
+    import psycopg
+
+    return psycopg.connect(url or os.environ["DATABASE_URL"], autocommit=True, **kwargs)
+
+
+def wal_position(conn) -> int:
+    """The primary's current WAL position, in bytes (for WAL written between two reads)."""
+    return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+
+
+def tree_size(conn, table: str) -> int:
+    """Bytes on disk of ``table`` with its indexes, TOAST and every partition."""
+    return int(conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree(%s)",
+        [table]).fetchone()[0] or 0)
+
+
+def database_size(conn) -> int:
+    return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
