@@ -26,10 +26,12 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
+import operator
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import NotSupportedError, connections, models, router, transaction
 from django.utils import timezone
 
@@ -110,6 +112,7 @@ def copy_rows(
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in chosen)
     names = [f.name for f in chosen]
+    convert = _Converter(model, chosen, given, names, connection)
     count = to_default = 0
     with transaction.atomic(using=alias):
         if declared is not None:
@@ -137,7 +140,7 @@ def copy_rows(
             f"COPY {target} ({columns}) FROM STDIN"
         ) as copy:
             for row in rows:
-                values = _values(model, row, chosen, given, names, connection)
+                values = convert(row)
                 if tenant_at is not None:
                     own = values[tenant_at]
                     if own is None:
@@ -194,33 +197,91 @@ def _fields(model: type[models.Model], fields: Sequence[str] | None) -> list[mod
     return chosen
 
 
-def _values(
-    model: type[models.Model], row: Row, chosen: list[models.Field], given: int,
-    names: list[str], connection: Any,
-) -> list[Any]:
-    if isinstance(row, model):
-        raw = [f.pre_save(row, True) for f in chosen]  # auto_now(_add) as save() sets them
-    elif isinstance(row, Mapping):
-        raw = []
-        for f in chosen:
-            if f.name in row:
-                raw.append(row[f.name])
-            elif f.attname in row:
-                raw.append(row[f.attname])
-            else:
-                raw.append(_default(f))
-    elif isinstance(row, Sequence) and not isinstance(row, str | bytes):
-        if len(row) != given:
-            raise ValueError(
-                f"copy_rows(): a row has {len(row)} value(s) for {given} field(s) {names[:given]}"
-            )
-        raw = [*row, *(_default(f) for f in chosen[given:])]
-    else:
-        raise TypeError(
-            f"copy_rows(): rows must be {model._meta.label} instances, mappings or sequences, "
-            f"got {type(row).__name__}"
+#: Python types a column of this internal type takes exactly as they are: the ORM's
+#: conversion (``get_db_prep_save``) would return them unchanged, so it is skipped for them.
+_AS_IS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("CharField", "TextField", "SlugField", "EmailField", "URLField"), (str,)),
+    **dict.fromkeys(
+        ("IntegerField", "BigIntegerField", "SmallIntegerField", "PositiveIntegerField",
+         "PositiveBigIntegerField", "PositiveSmallIntegerField", "AutoField", "BigAutoField",
+         "SmallAutoField"),
+        (int,),
+    ),
+    "BooleanField": (bool,),
+    "FloatField": (float,),
+}
+
+
+class _Converter:
+    """Turns one row into the values COPY sends, as ``save()`` would prepare them."""
+
+    def __init__(
+        self, model: type[models.Model], chosen: list[models.Field], given: int,
+        names: list[str], connection: Any,
+    ) -> None:
+        self.model, self.chosen, self.given, self.names = model, chosen, given, names
+        self.connection = connection
+        self.as_is = [self._as_is(f) for f in chosen]
+        # An aware datetime is what DateTimeField's conversion returns for one (USE_TZ).
+        self.aware = [
+            settings.USE_TZ
+            and (f.target_field if f.is_relation else f).get_internal_type() == "DateTimeField"
+            for f in chosen
+        ]
+        # A plain attribute read where pre_save() is one (no auto_now, no file to commit).
+        self.getters = [
+            operator.attrgetter(f.attname) if self._plain_pre_save(f) else None for f in chosen
+        ]
+
+    @staticmethod
+    def _as_is(field: models.Field) -> tuple[type, ...]:
+        target = field.target_field if field.is_relation else field
+        return _AS_IS.get(target.get_internal_type(), ())
+
+    @staticmethod
+    def _plain_pre_save(field: models.Field) -> bool:
+        pre_save = type(field).pre_save
+        if pre_save is models.Field.pre_save:
+            return True
+        return (
+            pre_save in (models.DateField.pre_save, models.DateTimeField.pre_save)
+            and not field.auto_now and not field.auto_now_add
         )
-    return [f.get_db_prep_save(v, connection) for f, v in zip(chosen, raw, strict=True)]
+
+    def __call__(self, row: Row) -> list[Any]:
+        chosen, model = self.chosen, self.model
+        if isinstance(row, model):
+            raw = [
+                getter(row) if getter is not None else f.pre_save(row, True)
+                for f, getter in zip(chosen, self.getters, strict=True)
+            ]
+        elif isinstance(row, Mapping):
+            raw = []
+            for f in chosen:
+                if f.name in row:
+                    raw.append(row[f.name])
+                elif f.attname in row:
+                    raw.append(row[f.attname])
+                else:
+                    raw.append(_default(f))
+        elif isinstance(row, Sequence) and not isinstance(row, str | bytes):
+            if len(row) != self.given:
+                raise ValueError(
+                    f"copy_rows(): a row has {len(row)} value(s) for {self.given} field(s) "
+                    f"{self.names[: self.given]}"
+                )
+            raw = [*row, *(_default(f) for f in chosen[self.given:])]
+        else:
+            raise TypeError(
+                f"copy_rows(): rows must be {model._meta.label} instances, mappings or "
+                f"sequences, got {type(row).__name__}"
+            )
+        connection = self.connection
+        return [
+            v if (type(v) in as_is or (aware and type(v) is dt.datetime and v.tzinfo is not None))
+            else f.get_db_prep_save(v, connection)
+            for f, v, as_is, aware in zip(chosen, raw, self.as_is, self.aware, strict=True)
+        ]
 
 
 def _default(field: models.Field) -> Any:
