@@ -21,7 +21,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +34,17 @@ if str(ROOT) not in sys.path:
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 
 
-def arguments(doc: str | None = None, argv: list[str] | None = None) -> argparse.Namespace:
+def arguments(
+    doc: str | None = None,
+    argv: list[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """``--quick`` and ``--result``; ``extra(parser)`` may add a benchmark's own options."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help="the short run (under a minute)")
     parser.add_argument("--result", type=Path, help="where to write the JSON result")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 
@@ -57,6 +64,7 @@ def django_setup(settings_module: str = "tests.settings") -> None:
     import django
 
     django.setup()
+    _postgres_version()  # remembered for the result file, written after the servers stop
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -146,14 +154,25 @@ def machine() -> dict:
         info["load_1min"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
-    # Django may not be set up; the version is optional.
-    with contextlib.suppress(Exception):
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW server_version")
-            info["postgres"] = cursor.fetchone()[0].split()[0]
+    version = _postgres_version()
+    if version:
+        info["postgres"] = version
     return info
+
+
+_SERVER: dict[str, str] = {}
+
+
+def _postgres_version() -> str | None:
+    """The server's version, read once (Django may not be set up: the version is optional)."""
+    if "version" not in _SERVER:
+        with contextlib.suppress(Exception):
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW server_version")
+                _SERVER["version"] = cursor.fetchone()[0].split()[0]
+    return _SERVER.get("version")
 
 
 def _figure(value: float | None) -> str:
