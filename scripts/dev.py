@@ -151,9 +151,9 @@ def run_bench(args: list[str]) -> int:
     names = options.names or available
     # pg_partman for the partition benchmarks (Debian's package for the system PostgreSQL 15);
     # without it those comparisons are reported as not measured, with the reason.
-    if not Path("/usr/share/postgresql/15/extension/pg_partman.control").exists():
-        if apt_install("postgresql-15-partman"):
-            print("installed postgresql-15-partman", flush=True)
+    partman = Path("/usr/share/postgresql/15/extension/pg_partman.control")
+    if not partman.exists() and apt_install("postgresql-15-partman"):
+        print("installed postgresql-15-partman", flush=True)
     results = BENCH / "results" / ("quick" if options.quick else "")
     results.mkdir(parents=True, exist_ok=True)
     signals_raise()
@@ -179,16 +179,25 @@ def run_bench(args: list[str]) -> int:
         result = json.loads(path.read_text())
         if "rows" in result:
             tables.append(render_rows(result, with_header=not tables))
+    measured = [r for r in (json.loads(p.read_text()) for p in sorted(results.glob("*.json")))
+                if "machine" in r]
     machines = sorted({
-        f"{r['machine'].get('cpus')} CPUs, PostgreSQL {r['machine'].get('postgres', '?')}"
-        for r in (json.loads(p.read_text()) for p in results.glob("*.json")) if "machine" in r
+        f"{r['machine'].get('cpus')} CPUs, {r['machine'].get('system', '')}, Python "
+        f"{r['machine'].get('python', '?')}, PostgreSQL {r['machine'].get('postgres', '?')}"
+        for r in measured
     })
+    loads = [r["machine"]["load_1min"] for r in measured if "load_1min" in r["machine"]]
+    dates = sorted(r["measured_at"][:10] for r in measured if "measured_at" in r)
     table = "\n".join(tables)
     (results / "README.md").write_text(
         f"# Benchmark results{' (quick mode)' if options.quick else ''}\n\n"
         f"Written by `python3 scripts/dev.py bench{' --quick' if options.quick else ''}`"
-        f" on {'; '.join(machines) or 'this machine'}. Ratio: data_arch's figure over the"
-        " alternative's.\n\n" + table + "\n"
+        f" on {'; '.join(machines) or 'this machine'}"
+        + (f", measured {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "")
+           if dates else "")
+        + (f", 1-minute load average {min(loads)}-{max(loads)} when each began" if loads else "")
+        + ". Ratio: data_arch's figure over the alternative's. Per benchmark, its command and "
+        "raw figures are in `<name>.json` next to this file.\n\n" + table + "\n"
     )
     print("\n=== summary ===")
     for name, rc, seconds in outcomes:
