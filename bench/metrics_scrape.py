@@ -11,15 +11,11 @@ partitions, made with plain DDL (no migrations), so the setup takes seconds.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+from _common import Report, arguments, django_setup
+from _common import services as bench_services
 
 
 def _schemas(cursor, count: int) -> list[str]:
@@ -46,15 +42,10 @@ def _schemas(cursor, count: int) -> list[str]:
 
 
 def main() -> int:
-    count = 100 if "--quick" in sys.argv else 500
-    from harness.services import start_services
-
-    with start_services(replica=False) as services:
-        os.environ.update(services.environ())
-        os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-        import django
-
-        django.setup()
+    options = arguments(__doc__)
+    count = 100 if options.quick else 500
+    with bench_services(replica=False):
+        django_setup()
         from django.core.management import call_command
         from django.db import connections
 
@@ -99,9 +90,13 @@ def main() -> int:
     print(f"Scrape with {count} tenant schemas (events_event: default + 5 months each)")
     print(f"  data_arch state collector        {ours * 1000:8.1f} ms per scrape")
     print(f"  status() per schema              {loop * 1000:8.1f} ms")
-    print(f"  ratio                            {report['ratio']:8.1f}x")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "metrics_scrape.json").write_text(json.dumps(report, indent=2) + "\n")
+    result = Report("metrics_scrape", f"A /metrics scrape with {count} tenant schemas",
+                    options.quick)
+    result.details = report
+    result.add("partition state of every tenant schema", "s", report["collector_seconds"],
+               "partitioning.status() schema by schema", report["per_schema_status_seconds"],
+               note="three catalog queries whatever the number of schemas")
+    result.write(options.result)
     return 0
 
 

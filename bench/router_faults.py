@@ -13,18 +13,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "bench" / "results"
+from _common import Report, arguments, django_setup
+from _common import services as bench_services
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -53,15 +49,11 @@ def _reads(read, count: int) -> dict:
 
 
 def main() -> int:
-    quick = "--quick" in sys.argv
-    from harness.services import start_services
+    options = arguments(__doc__)
+    quick = options.quick
 
-    with start_services() as services:
-        os.environ.update(services.environ())
-        os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-        import django
-
-        django.setup()
+    with bench_services() as services:
+        django_setup()
         from django.conf import settings
         from django.db import connections, models
         from django.test.utils import override_settings
@@ -165,8 +157,28 @@ def main() -> int:
         w = row["write_then_read"]
         print(f"  {name:24} writer reads on replica {w['writer_reads_on_replica']}/{w['rounds']}"
               f", writer stale {w['writer_stale']}, other user stale {w['other_user_stale']}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "router_faults.json").write_text(json.dumps(report, indent=2) + "\n")
+    result = Report("router_faults", "Read-replica router under a frozen replica, and read-your-writes", quick)
+    result.details = report
+    result.add(
+        "read p50, replica host frozen", "ms", ours_r["frozen"]["p50"],
+        "django-multidb-router", theirs_r["frozen"]["p50"],
+        target=("<=", 0.1), target_text="≥ 10 × faster",
+        note=f"failed reads {ours_r['frozen']['errors']} vs {theirs_r['frozen']['errors']}",
+    )
+    result.add(
+        "read p50, healthy replica", "ms", ours_r["healthy"]["p50"],
+        "django-multidb-router", theirs_r["healthy"]["p50"],
+        target=("<=", 1.2), target_text="≤ 1.2 ×",
+    )
+    ours_w, theirs_w = ours_r["write_then_read"], theirs_r["write_then_read"]
+    result.add(
+        "writer's next reads served by the replica", "%",
+        round(100 * ours_w["writer_reads_on_replica"] / ours_w["rounds"], 1),
+        "django-multidb-router (15 s pin)",
+        round(100 * theirs_w["writer_reads_on_replica"] / theirs_w["rounds"], 1),
+        note=f"stale reads {ours_w['writer_stale']} vs {theirs_w['writer_stale']}",
+    )
+    result.write(options.result)
     return 0
 
 

@@ -3,6 +3,7 @@
 
     python3 scripts/dev.py demo   # start services, migrate, seed, serve the demo + a Celery worker
     python3 scripts/dev.py test   # the whole test suite, on every PostgreSQL version available
+    python3 scripts/dev.py bench [--quick] [NAME ...]   # data_arch next to the alternatives
 
 Needs only Python 3.11+ with venv and pip: the first run creates ``.venv`` and installs the
 project with its test extras into it, then re-runs itself there.
@@ -20,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("DATA_ARCH_VENV", ROOT / ".venv"))
-EXTRAS = "test"
+# The bench extra holds the alternatives the benchmarks measure next to data_arch; CI runs
+# the benchmarks quick mode as a smoke test, so one virtualenv carries both.
+EXTRAS = "test,bench"
 
 
 def _venv_python() -> Path:
@@ -136,6 +139,92 @@ def run_tests(args: list[str]) -> int:
     for label, rc, seconds in results:
         print(f"{'passed' if rc == 0 else 'FAILED'}  {label}  ({seconds:.0f}s)")
     return max(rc for _, rc, _ in results)
+
+
+# --------------------------------------------------------------------------- bench
+
+BENCH = ROOT / "bench"
+
+
+def benchmarks() -> list[str]:
+    return sorted(p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_"))
+
+
+def run_bench(args: list[str]) -> int:
+    import argparse
+    import json
+
+    from harness.processes import Children, Terminated, signals_raise
+    from harness.services import apt_install
+
+    available = benchmarks()
+    parser = argparse.ArgumentParser(
+        prog="dev.py bench",
+        description="Run data_arch's benchmarks next to the alternatives, write "
+        "bench/results/<name>.json and a Markdown table.",
+    )
+    parser.add_argument("--quick", action="store_true", help="the short run of each (under a minute)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of: {', '.join(available)}")
+    options = parser.parse_args(args)
+    unknown = sorted(set(options.names) - set(available))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(available)}")
+    names = options.names or available
+    # pg_partman for the partition benchmarks (Debian's package for the system PostgreSQL 15);
+    # without it those comparisons are reported as not measured, with the reason.
+    partman = Path("/usr/share/postgresql/15/extension/pg_partman.control")
+    if not partman.exists() and apt_install("postgresql-15-partman"):
+        print("installed postgresql-15-partman", flush=True)
+    results = BENCH / "results" / ("quick" if options.quick else "")
+    results.mkdir(parents=True, exist_ok=True)
+    signals_raise()
+    outcomes = []
+    for name in names:
+        print(f"\n=== bench {name}{' (quick)' if options.quick else ''} ===", flush=True)
+        command = [sys.executable, str(BENCH / f"{name}.py"), "--result", str(results / f"{name}.json")]
+        if options.quick:
+            command.append("--quick")
+        started = time.monotonic()
+        children = Children()
+        try:
+            rc = children.popen(command, cwd=ROOT, env=dict(os.environ)).wait()
+        except KeyboardInterrupt as exc:
+            children.stop(timeout=30)
+            return exc.exit_code if isinstance(exc, Terminated) else 130
+        outcomes.append((name, rc, time.monotonic() - started))
+    sys.path.insert(0, str(BENCH))
+    from _common import render_rows
+
+    tables = []
+    for path in sorted(results.glob("*.json")):
+        result = json.loads(path.read_text())
+        if "rows" in result:
+            tables.append(render_rows(result, with_header=not tables))
+    measured = [r for r in (json.loads(p.read_text()) for p in sorted(results.glob("*.json")))
+                if "machine" in r]
+    machines = sorted({
+        f"{r['machine'].get('cpus')} CPUs, {r['machine'].get('system', '')}, Python "
+        f"{r['machine'].get('python', '?')}, PostgreSQL {r['machine'].get('postgres', '?')}"
+        for r in measured
+    })
+    loads = [r["machine"]["load_1min"] for r in measured if "load_1min" in r["machine"]]
+    dates = sorted(r["measured_at"][:10] for r in measured if "measured_at" in r)
+    table = "\n".join(tables)
+    (results / "README.md").write_text(
+        f"# Benchmark results{' (quick mode)' if options.quick else ''}\n\n"
+        f"Written by `python3 scripts/dev.py bench{' --quick' if options.quick else ''}`"
+        f" on {'; '.join(machines) or 'this machine'}"
+        + (f", measured {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "")
+           if dates else "")
+        + (f", 1-minute load average {min(loads)}-{max(loads)} when each began" if loads else "")
+        + ". Ratio: data_arch's figure over the alternative's. Per benchmark, its command and "
+        "raw figures are in `<name>.json` next to this file.\n\n" + table + "\n"
+    )
+    print("\n=== summary ===")
+    for name, rc, seconds in outcomes:
+        print(f"{'ran   ' if rc == 0 else 'FAILED'}  {name}  ({seconds:.0f}s)")
+    print(f"table: {(results / 'README.md').relative_to(ROOT)}")
+    return 1 if any(rc for _, rc, _ in outcomes) else 0
 
 
 # --------------------------------------------------------------------------- demo
@@ -280,14 +369,15 @@ def _port_free(port: int) -> bool:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "bench"):
         print(__doc__, file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
     if not _in_venv():
         bootstrap()
     command, args = sys.argv[1], sys.argv[2:]
-    return run_tests(args) if command == "test" else run_demo(args)
+    runner = {"test": run_tests, "bench": run_bench, "demo": run_demo}[command]
+    return runner(args)
 
 
 if __name__ == "__main__":

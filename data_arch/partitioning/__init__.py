@@ -5,6 +5,7 @@ from data_arch.partitioning.declaration import (
     partitioned_models,
     partitioning_of,
 )
+from data_arch.partitioning.ingest import copy_rows
 from data_arch.partitioning.operations import AddIndexConcurrently, AddPartitionedIndex
 from data_arch.partitioning.plan import Action, PartitionError, Plan, Step, TablePlan, plan
 from data_arch.partitioning.runner import (
@@ -32,6 +33,7 @@ __all__ = [
     "TablePlan",
     "TableStatus",
     "apply",
+    "copy_rows",
     "partitioned_models",
     "partitioning_of",
     "plan",

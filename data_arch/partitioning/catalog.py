@@ -197,6 +197,32 @@ def table_oid(using: str, schema: str, table: str) -> tuple[int, bool] | None:
     return (row[0], row[1]) if row else None
 
 
+def ranges(using: str, schema: str, table: str) -> tuple[list[Partition], bool] | None:
+    """The ranged partitions of ``schema.table`` (bounds only, sorted) and whether it has a
+    default; None when the table does not exist there or is not partitioned. Reads the catalog
+    alone, so it needs no privilege on the partitions and scans none of them."""
+    found = table_oid(using, schema, table)
+    if found is None or not found[1]:
+        return None
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+        cursor.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s AND NOT i.inhdetachpending",
+            [found[0]],
+        )
+        rows = cursor.fetchall()
+    ranged, default = [], False
+    for name, bound in rows:
+        is_default, start, end = parse_bounds(bound)
+        if is_default:
+            default = True
+        else:
+            ranged.append(Partition(name, start, end))
+    ranged.sort(key=lambda p: p.start or dt.datetime.min.replace(tzinfo=dt.UTC))
+    return ranged, default
+
+
 def read_table(
     using: str, schema: str, table: str, column: str, declared_indexes: list[str] | None = None
 ) -> TableState | None:
