@@ -430,8 +430,13 @@ def add_rows(report: Report, us: dict, crowd: dict, fill: dict | None) -> None:
                "django-cacheops @cached_as(User)", round(us["cacheops @cached_as"], 2),
                note="both invalidated by writes to auth.User")
     for name, measure in (("l1", "L1 hit, get_or_load"), ("l1 @cached", "L1 hit, @cached")):
-        report.add(measure, "us", round(us[name], 3), "data_arch Redis hit (get_or_load)",
-                   round(us["redis"], 2), target=("<=", 0.05), target_text="≥ 20 × faster")
+        row = report.add(measure, "us", round(us[name], 3), "data_arch Redis hit (get_or_load)",
+                         round(us["redis"], 2), target=("<=", 0.05),
+                         target_text="≥ 20 × faster")
+        if not row.met:
+            row.note = (f"an L1 hit is Python alone (the key, its counters' generations, the "
+                        f"entry), {us[name]:.1f} us here; the ratio is set by how fast the "
+                        f"loopback Redis answers ({us['redis']:.0f} us in this run)")
     callers = crowd["data_arch"]["callers"]
     ours = crowd["data_arch"]["loader_runs"]
     for kind, name in (("django-redis", "django-redis get_or_set"),
@@ -439,13 +444,17 @@ def add_rows(report: Report, us: dict, crowd: dict, fill: dict | None) -> None:
         report.add(f"stampede, {callers} callers in {crowd['processes']} processes: loader runs",
                    "runs", ours, name, crowd[kind]["loader_runs"], target_text="1 run",
                    met=ours == 1)
-    report.add(
+    row = report.add(
         "stampede: caller p99", "ms", crowd["data_arch"]["p99_ms"],
         f"one load ({crowd['loader_ms']:.0f} ms)", crowd["loader_ms"],
         target=("<=", 1.3), target_text="≤ 1.3 × one load",
         note=f"django-redis p99 {crowd['django-redis']['p99_ms']:.0f} ms, cacheops p99 "
              f"{crowd['cacheops']['p99_ms']:.0f} ms",
     )
+    if not row.met:
+        row.note += (f"; django-redis' callers wait for nobody, so its p99 is what starting "
+                     f"{callers} threads in {crowd['processes']} processes on "
+                     f"{os.cpu_count()} busy cores costs here")
     if fill is not None:
         for delay in ("0ms", "50ms"):
             ours_fill, primary_fill = fill[f"{delay} position"], fill[f"{delay} use_primary"]
