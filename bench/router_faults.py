@@ -3,7 +3,9 @@
     python bench/router_faults.py [--quick]   # starts a throwaway primary + streaming replica
 
 1. Routing cost per query: ``db_for_read`` alone (the decision and its state bookkeeping, in a
-   request whose replica is already chosen, connection open), and an ORM ``.get()`` by primary
+   request whose replica is already chosen, connection open), a new request's routing state
+   with its first ``db_for_read`` (data_arch: ``routing_context()``; django-multidb-router: the
+   unpinning its middleware does), and an ORM ``.get()`` by primary
    key on an open connection; data_arch's ``ReplicaRouter`` vs django-multidb-router's
    ``PinningReplicaRouter`` vs no router (the same ``.get()`` sent to the replica with
    ``using()``). The variants run interleaved in rounds, medians compared. The alternatives run
@@ -115,6 +117,7 @@ def routing_cost(Item, variants: list[Variant], quick: bool) -> dict:
     rounds = 15 if quick else 60
     decisions, gets = (500, 20) if quick else (2000, 50)
     decide: dict[str, list[float]] = {v.name: [] for v in variants}
+    fresh: dict[str, list[float]] = {v.name: [] for v in variants}
     get: dict[str, list[float]] = {v.name: [] for v in variants}
     for round_number in range(rounds + 1):  # the first round warms up and is dropped
         for variant in variants:
@@ -126,16 +129,24 @@ def routing_cost(Item, variants: list[Variant], quick: bool) -> dict:
                     router.db_for_read(Item)
                 decided = (time.perf_counter() - started) / decisions
                 started = time.perf_counter()
+                for _ in range(decisions // 5):
+                    with variant.request():  # a new request: its state, its first decision
+                        router.db_for_read(Item)
+                opened = (time.perf_counter() - started) / (decisions // 5)
+                started = time.perf_counter()
                 for _ in range(gets):
                     manager.get(pk=1)
                 got = (time.perf_counter() - started) / gets
             if round_number:
                 decide[variant.name].append(decided * 1e6)
+                fresh[variant.name].append(opened * 1e6)
                 get[variant.name].append(got * 1e6)
     connections.close_all()
     return {
         "rounds": rounds, "decisions_per_round": decisions, "gets_per_round": gets,
         "db_for_read_us": {k: round(statistics.median(v), 3) for k, v in decide.items()},
+        "request_and_first_read_us": {k: round(statistics.median(v), 3)
+                                      for k, v in fresh.items()},
         "orm_get_us": {k: round(statistics.median(v), 2) for k, v in get.items()},
     }
 
@@ -293,7 +304,8 @@ def main() -> int:
         report["routing_cost"] = cost = routing_cost(Item, [ours, theirs, no_router], quick)
         print("Routing cost per query, median us (interleaved rounds, connection open)")
         for name in (ours.name, theirs.name, no_router.name):
-            print(f"  {name:24} db_for_read {cost['db_for_read_us'][name]:8.2f}   "
+            print(f"  {name:24} db_for_read {cost['db_for_read_us'][name]:8.2f}   new request "
+                  f"+ first {cost['request_and_first_read_us'][name]:8.2f}   "
                   f"ORM .get() {cost['orm_get_us'][name]:8.1f}")
 
         reads = 60 if quick else 300
@@ -347,6 +359,8 @@ def main() -> int:
                     "read-your-writes", quick)
     result.details = report
     for what, key, unit in (("db_for_read", "db_for_read_us", "us"),
+                            ("a request's routing state + its first db_for_read",
+                             "request_and_first_read_us", "us"),
                             ("ORM .get() by pk, open connection", "orm_get_us", "us")):
         figures = cost[key]
         result.add(f"routing cost: {what}", unit, figures[ours.name],
