@@ -22,7 +22,9 @@
    and stale reads (a user reading a value older than their own last write). data_arch carries
    the write's WAL position in its cookie; django-multidb-router pins a user who wrote to the
    primary for ``MULTIDB_PINNING_SECONDS`` (15). Its unpinned ``ReplicaRouter`` runs the same
-   workload to show the stale reads that pin exists to prevent.
+   workload to show the stale reads that pin exists to prevent. The workload runs twice: on the
+   replica as it is (replay within a millisecond or so here), and with the replica applying
+   each commit 50 ms late (``recovery_min_apply_delay``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ from _common import Report, arguments, django_setup
 from _common import services as bench_services
 
 USERS = 10
+LAG_MS = 50
+
+
+def replay_delay(ms: int | None) -> None:
+    """Make the standby apply each commit ``ms`` after it (``recovery_min_apply_delay``)."""
+    import psycopg
+
+    with psycopg.connect(os.environ["REPLICA_URL"], autocommit=True) as connection:
+        if ms is None:
+            connection.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        else:
+            connection.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{int(ms)}ms'")
+        connection.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -114,7 +130,7 @@ def routing_cost(Item, variants: list[Variant], quick: bool) -> dict:
     """Median microseconds per ``db_for_read`` and per ORM ``.get()``, interleaved rounds."""
     from django.db import connections, router
 
-    rounds = 15 if quick else 60
+    rounds = 10 if quick else 60
     decisions, gets = (500, 20) if quick else (2000, 50)
     decide: dict[str, list[float]] = {v.name: [] for v in variants}
     fresh: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -308,7 +324,7 @@ def main() -> int:
                   f"+ first {cost['request_and_first_read_us'][name]:8.2f}   "
                   f"ORM .get() {cost['orm_get_us'][name]:8.1f}")
 
-        reads = 60 if quick else 300
+        reads = 40 if quick else 300
         reset_health()
         healthy = healthy_reads(Item, [ours, theirs], reads)
         pid = int((services.replica.datadir / "postmaster.pid").read_text().split()[0]) \
@@ -325,16 +341,28 @@ def main() -> int:
                 reset_health()
         report["healthy"], report["frozen"] = healthy, frozen
 
-        requests = 200 if quick else 1000
-        workload: dict = {}
-        for variant, middleware in (
+        requests = 100 if quick else 1000
+        routers = (
             (ours, ReplicaRoutingMiddleware),
             (theirs, PinningRouterMiddleware),
             (Variant("django-multidb-router, no pin", [ReplicaRouter()]), None),
-        ):
+        )
+        workload: dict = {}
+        for variant, middleware in routers:
             reset_health()
             workload[variant.name] = write_then_read(Item, variant, middleware, requests, seed=24)
         report["write_then_read"] = workload
+        lagged: dict = {}
+        if services.replica is not None:
+            replay_delay(LAG_MS)
+            try:
+                for variant, middleware in routers:
+                    reset_health()
+                    lagged[variant.name] = write_then_read(Item, variant, middleware, requests,
+                                                           seed=24)
+            finally:
+                replay_delay(None)
+            report[f"write_then_read_replica_{LAG_MS}ms_behind"] = lagged
 
         with connections["default"].cursor() as cursor:
             cursor.execute("DROP TABLE bench_router_item")
@@ -405,6 +433,30 @@ def main() -> int:
             mine["stale_reads"], name, other["stale_reads"], target_text="0",
             met=mine["stale_reads"] == 0,
         )
+    if lagged:
+        print(f"The same with the replica applying each commit {LAG_MS} ms late")
+        for name, w in lagged.items():
+            print(f"  {name:32} reads without an own write on the replica "
+                  f"{w['of_those_on_replica']}/{w['reads_without_own_write']} "
+                  f"({w['replica_share_pct']} %), stale {w['stale_reads']}")
+        mine, pinning = lagged[ours.name], lagged[theirs.name]
+        unpinned = lagged["django-multidb-router, no pin"]
+        result.add(
+            f"write-then-read, replica {LAG_MS} ms behind: reads in requests that wrote nothing, "
+            "served by the replica", "%", mine["replica_share_pct"],
+            "django-multidb-router (15 s pin)", pinning["replica_share_pct"],
+            note="a user's read before the replica has their last write goes to the primary",
+        )
+        for name, other in (("django-multidb-router (15 s pin)", pinning),
+                            ("django-multidb-router ReplicaRouter (no pin)", unpinned)):
+            result.add(
+                f"write-then-read, replica {LAG_MS} ms behind: stale reads", "reads",
+                mine["stale_reads"], name, other["stale_reads"], target_text="0",
+                met=mine["stale_reads"] == 0,
+            )
+    else:
+        result.skip(f"write-then-read with the replica {LAG_MS} ms behind",
+                    "the replica was not started here (REPLICA_URL given)")
     result.write(options.result)
     return 0
 
