@@ -341,7 +341,7 @@ def main() -> int:
                 reset_health()
         report["healthy"], report["frozen"] = healthy, frozen
 
-        requests = 100 if quick else 1000
+        requests = 100 if quick else 600
         routers = (
             (ours, ReplicaRoutingMiddleware),
             (theirs, PinningRouterMiddleware),
