@@ -366,98 +366,97 @@ def main() -> int:
 
         with connections["default"].cursor() as cursor:
             cursor.execute("DROP TABLE bench_router_item")
-        whole_run.disable()
-
-    print(f"Read latency, ms ({reads} reads each, alternating; frozen: replica postmaster "
-          "SIGSTOPped)")
-    for name in (ours.name, theirs.name):
-        h = healthy[name]
-        line = f"  {name:24} healthy {h['p50']}/{h['p99']}/{h['max']}"
-        if name in frozen:
-            f = frozen[name]
-            line += f"   frozen {f['p50']}/{f['p99']}/{f['max']}  failed {f['errors']}/{f['reads']}"
-        print(line)
-    print(f"Write-then-read ({requests} requests of {USERS} users, one in five a write)")
-    for name, w in workload.items():
-        print(f"  {name:32} reads without an own write on the replica "
-              f"{w['of_those_on_replica']}/{w['reads_without_own_write']} "
-              f"({w['replica_share_pct']} %), stale {w['stale_reads']}")
-
-    result = Report("router_faults", "Read-replica router: routing cost, a frozen replica, "
-                    "read-your-writes", quick)
-    result.details = report
-    for what, key, unit in (("db_for_read", "db_for_read_us", "us"),
-                            ("a request's routing state + its first db_for_read",
-                             "request_and_first_read_us", "us"),
-                            ("ORM .get() by pk, open connection", "orm_get_us", "us")):
-        figures = cost[key]
-        result.add(f"routing cost: {what}", unit, figures[ours.name],
-                   "django-multidb-router", figures[theirs.name],
-                   note="data_arch's statements carry its execute wrappers (the tenant "
-                        "setting is sent with each)" if key == "orm_get_us" else "")
-        result.add(f"routing cost: {what}", unit, figures[ours.name],
-                   "no router", figures[no_router.name])
-    row = result.add(
-        "read p50, healthy replica (each read connects; alternating)", "ms",
-        healthy[ours.name]["p50"], "django-multidb-router", healthy[theirs.name]["p50"],
-        target=("<=", 1.2), target_text="≤ 1.2 ×",
-    )
-    if not row.met:
-        row.note = (f"data_arch's read also checks the replica's connection and health, and its "
-                    f"statements carry the tenant setting; db_for_read "
-                    f"{cost['db_for_read_us'][ours.name]:.0f} us vs "
-                    f"{cost['db_for_read_us'][theirs.name]:.1f} us")
-    if frozen:
-        result.add(
-            "read p50, replica host frozen", "ms", frozen[ours.name]["p50"],
-            "django-multidb-router", frozen[theirs.name]["p50"],
-            target=("<=", 0.1), target_text="≥ 10 × faster",
-            note=f"failed reads {frozen[ours.name]['errors']}/{frozen[ours.name]['reads']} vs "
-                 f"{frozen[theirs.name]['errors']}/{frozen[theirs.name]['reads']}",
-        )
-    else:
-        result.skip("read latency with the replica host frozen",
-                    "the replica was not started here (REPLICA_URL given), so it cannot be frozen")
-    mine, pinning = workload[ours.name], workload[theirs.name]
-    unpinned = workload["django-multidb-router, no pin"]
-    result.add(
-        "write-then-read: reads in requests that wrote nothing, served by the replica", "%",
-        mine["replica_share_pct"], "django-multidb-router (15 s pin)",
-        pinning["replica_share_pct"], target_text="≥ 90 %",
-        met=mine["replica_share_pct"] >= 90,
-    )
-    for name, other in (("django-multidb-router (15 s pin)", pinning),
-                        ("django-multidb-router ReplicaRouter (no pin)", unpinned)):
-        result.add(
-            "write-then-read: stale reads (older than the user's own last write)", "reads",
-            mine["stale_reads"], name, other["stale_reads"], target_text="0",
-            met=mine["stale_reads"] == 0,
-        )
-    if lagged:
-        print(f"The same with the replica applying each commit {LAG_MS} ms late")
-        for name, w in lagged.items():
+        print(f"Read latency, ms ({reads} reads each, alternating; frozen: replica postmaster "
+              "SIGSTOPped)")
+        for name in (ours.name, theirs.name):
+            h = healthy[name]
+            line = f"  {name:24} healthy {h['p50']}/{h['p99']}/{h['max']}"
+            if name in frozen:
+                f = frozen[name]
+                line += f"   frozen {f['p50']}/{f['p99']}/{f['max']}  failed {f['errors']}/{f['reads']}"
+            print(line)
+        print(f"Write-then-read ({requests} requests of {USERS} users, one in five a write)")
+        for name, w in workload.items():
             print(f"  {name:32} reads without an own write on the replica "
                   f"{w['of_those_on_replica']}/{w['reads_without_own_write']} "
                   f"({w['replica_share_pct']} %), stale {w['stale_reads']}")
-        mine, pinning = lagged[ours.name], lagged[theirs.name]
-        unpinned = lagged["django-multidb-router, no pin"]
+
+        result = Report("router_faults", "Read-replica router: routing cost, a frozen replica, "
+                        "read-your-writes", quick)
+        result.details = report
+        for what, key, unit in (("db_for_read", "db_for_read_us", "us"),
+                                ("a request's routing state + its first db_for_read",
+                                 "request_and_first_read_us", "us"),
+                                ("ORM .get() by pk, open connection", "orm_get_us", "us")):
+            figures = cost[key]
+            result.add(f"routing cost: {what}", unit, figures[ours.name],
+                       "django-multidb-router", figures[theirs.name],
+                       note="data_arch's statements carry its execute wrappers (the tenant "
+                            "setting is sent with each)" if key == "orm_get_us" else "")
+            result.add(f"routing cost: {what}", unit, figures[ours.name],
+                       "no router", figures[no_router.name])
+        row = result.add(
+            "read p50, healthy replica (each read connects; alternating)", "ms",
+            healthy[ours.name]["p50"], "django-multidb-router", healthy[theirs.name]["p50"],
+            target=("<=", 1.2), target_text="≤ 1.2 ×",
+        )
+        if not row.met:
+            row.note = (f"data_arch's read also checks the replica's connection and health, and its "
+                        f"statements carry the tenant setting; db_for_read "
+                        f"{cost['db_for_read_us'][ours.name]:.0f} us vs "
+                        f"{cost['db_for_read_us'][theirs.name]:.1f} us")
+        if frozen:
+            result.add(
+                "read p50, replica host frozen", "ms", frozen[ours.name]["p50"],
+                "django-multidb-router", frozen[theirs.name]["p50"],
+                target=("<=", 0.1), target_text="≥ 10 × faster",
+                note=f"failed reads {frozen[ours.name]['errors']}/{frozen[ours.name]['reads']} vs "
+                     f"{frozen[theirs.name]['errors']}/{frozen[theirs.name]['reads']}",
+            )
+        else:
+            result.skip("read latency with the replica host frozen",
+                        "the replica was not started here (REPLICA_URL given), so it cannot be frozen")
+        mine, pinning = workload[ours.name], workload[theirs.name]
+        unpinned = workload["django-multidb-router, no pin"]
         result.add(
-            f"write-then-read, replica {LAG_MS} ms behind: reads in requests that wrote nothing, "
-            "served by the replica", "%", mine["replica_share_pct"],
-            "django-multidb-router (15 s pin)", pinning["replica_share_pct"],
-            note="a user's read before the replica has their last write goes to the primary",
+            "write-then-read: reads in requests that wrote nothing, served by the replica", "%",
+            mine["replica_share_pct"], "django-multidb-router (15 s pin)",
+            pinning["replica_share_pct"], target_text="≥ 90 %",
+            met=mine["replica_share_pct"] >= 90,
         )
         for name, other in (("django-multidb-router (15 s pin)", pinning),
                             ("django-multidb-router ReplicaRouter (no pin)", unpinned)):
             result.add(
-                f"write-then-read, replica {LAG_MS} ms behind: stale reads", "reads",
+                "write-then-read: stale reads (older than the user's own last write)", "reads",
                 mine["stale_reads"], name, other["stale_reads"], target_text="0",
                 met=mine["stale_reads"] == 0,
             )
-    else:
-        result.skip(f"write-then-read with the replica {LAG_MS} ms behind",
-                    "the replica was not started here (REPLICA_URL given)")
-    result.write(options.result)
+        if lagged:
+            print(f"The same with the replica applying each commit {LAG_MS} ms late")
+            for name, w in lagged.items():
+                print(f"  {name:32} reads without an own write on the replica "
+                      f"{w['of_those_on_replica']}/{w['reads_without_own_write']} "
+                      f"({w['replica_share_pct']} %), stale {w['stale_reads']}")
+            mine, pinning = lagged[ours.name], lagged[theirs.name]
+            unpinned = lagged["django-multidb-router, no pin"]
+            result.add(
+                f"write-then-read, replica {LAG_MS} ms behind: reads in requests that wrote nothing, "
+                "served by the replica", "%", mine["replica_share_pct"],
+                "django-multidb-router (15 s pin)", pinning["replica_share_pct"],
+                note="a user's read before the replica has their last write goes to the primary",
+            )
+            for name, other in (("django-multidb-router (15 s pin)", pinning),
+                                ("django-multidb-router ReplicaRouter (no pin)", unpinned)):
+                result.add(
+                    f"write-then-read, replica {LAG_MS} ms behind: stale reads", "reads",
+                    mine["stale_reads"], name, other["stale_reads"], target_text="0",
+                    met=mine["stale_reads"] == 0,
+                )
+        else:
+            result.skip(f"write-then-read with the replica {LAG_MS} ms behind",
+                        "the replica was not started here (REPLICA_URL given)")
+        result.write(options.result)
+        whole_run.disable()
     return 0
 
 
