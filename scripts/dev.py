@@ -198,7 +198,7 @@ def run_bench(args: list[str]) -> int:
     tables = []
     for path in sorted(results.glob("*.json")):
         result = json.loads(path.read_text())
-        if isinstance(result.get("rows"), list):  # a result of this format (older ones are skipped)
+        if isinstance(result.get("rows"), list):  # older formats are left out
             tables.append(render_rows(result, with_header=not tables))
     measured = [r for r in (json.loads(p.read_text()) for p in sorted(results.glob("*.json")))
                 if "machine" in r]
