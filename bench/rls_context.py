@@ -192,7 +192,7 @@ def main() -> int:
                             f"; rounds spread {spreads[label]} % vs the owner's "
                             f"{spreads[variants[0][0]]} % (interquartile range)"
                             + ("; the signed policy calls data_arch_tenant_id(), a SECURITY "
-                               "DEFINER SQL function, once per statement"
+                               "DEFINER PL/pgSQL function (an HMAC check), once per statement"
                                if policy == "signed" else "")
                         )
         finally:
