@@ -91,6 +91,29 @@ def test_paused_replay_holds_the_backfill_until_replay_resumes(items, streaming_
     rows, cap = 20_000, 512 * 1024
     items(rows)
     wait_for_replica()
+    # The cap bounds the backfill's own WAL (plus headroom for other writers). With replay
+    # paused, an autovacuum of any table of the cluster adds WAL the replica must replay too and
+    # can alone push a 512 kB lag over: the test measures the backfill, so autovacuum waits.
+    _autovacuum("off")
+    try:
+        _paused_replay_run(rows, cap)
+    finally:
+        _autovacuum(None)
+
+
+def _autovacuum(value: str | None) -> None:
+    """Turn autovacuum off for the cluster (None: back to its configured value); a role that may
+    not (a given DATABASE_URL) leaves it as it is."""
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as primary:
+        try:
+            primary.execute("ALTER SYSTEM RESET autovacuum" if value is None
+                            else f"ALTER SYSTEM SET autovacuum = {value}")
+        except psycopg.errors.InsufficientPrivilege:
+            return
+        primary.execute("SELECT pg_reload_conf()")
+
+
+def _paused_replay_run(rows: int, cap: int) -> None:
     with psycopg.connect(os.environ["REPLICA_URL"], autocommit=True) as replica:
         replica.execute("SELECT pg_wal_replay_pause()")
         try:
