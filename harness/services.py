@@ -382,13 +382,19 @@ def _run(cmd: list[str], user: str | None, what: str, log: Path | None = None) -
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie is not: in a container whose PID 1
+    does not reap, a killed run stays a zombie for good and would keep its state forever."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs (macOS): signal 0 is all there is
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 # --------------------------------------------------------------------------- servers

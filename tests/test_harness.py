@@ -495,3 +495,22 @@ def test_the_reaper_leaves_a_process_that_reused_a_dead_runs_redis_pid(tmp_path,
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_run_that_is_now_a_zombie_is_reaped(tmp_path, monkeypatch):
+    # In a container whose PID 1 never calls wait(), a killed run stays a zombie: signal 0
+    # still reaches it, yet it will never clean up after itself.
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        monkeypatch.setattr(services, "STATE_ROOT", tmp_path)
+        state = tmp_path / f"{zombie.pid}-x" / "state.json"
+        state.parent.mkdir()
+        state.write_text(f'{{"owner": {zombie.pid}, "postgres": []}}')
+        services._reap_orphans()
+        assert not state.parent.exists()
+    finally:
+        zombie.wait()

@@ -317,7 +317,7 @@ def test_sigterm_during_the_first_install_stops_it_and_the_next_run_completes_it
     then stops those programs as well, and the next run finishes the job."""
     venv = machine.home / "venv-interrupted"
     _sigterm_when(machine, venv, "ensurepip")  # python -m venv installing pip into it
-    _started, output = _sigterm_when(machine, venv, "[test]")  # not the pip upgrade before it
+    _started, output = _sigterm_when(machine, venv, "[test")  # pip install -e .[test,…], not the pip upgrade
     # The virtualenv left without pip was made again before this install.
     assert "creating virtualenv" in output and "No module named pip" not in output, output[-2000:]
     assert "stopped while installing" in output, output[-2000:]
