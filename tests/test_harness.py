@@ -227,6 +227,7 @@ def test_docker_compose_wires_every_service():
 
 
 @pytest.mark.slow
+@pytest.mark.version_independent
 def test_demo_command_serves_home_admin_and_metrics():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_URL")}
     env.pop("DATA_ARCH_SERVICES_RUNNING", None)
@@ -514,3 +515,25 @@ def test_a_run_that_is_now_a_zombie_is_reaped(tmp_path, monkeypatch):
         assert not state.parent.exists()
     finally:
         zombie.wait()
+
+
+def test_later_passes_of_dev_py_test_skip_the_version_independent_tests(tmp_path):
+    (tmp_path / "test_marked.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.version_independent\n"
+        "def test_marked():\n    pass\n\n"
+        "def test_plain():\n    pass\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = version_independent: x\n")
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:django",
+               "-p", "harness.pytest_plugin", "--no-data-arch-services", "-rs", str(tmp_path)]
+    first = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+    assert "2 passed" in first.stdout, first.stdout + first.stderr
+    later = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT), "DATA_ARCH_VERSION_INDEPENDENT_RAN": "PostgreSQL 15"},
+    )
+    assert "1 passed, 1 skipped" in later.stdout, later.stdout + later.stderr
+    assert "version-independent: this run's PostgreSQL 15 pass ran it" in later.stdout

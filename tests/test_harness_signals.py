@@ -137,6 +137,7 @@ def test_children_and_their_children_stop_on_each_signal(signum):
 
 
 @pytest.mark.slow
+@pytest.mark.version_independent
 def test_sigterm_of_the_demo_stops_every_process_it_started():
     token = uuid.uuid4().hex
     demo, lines = _start(

@@ -19,7 +19,7 @@ from data_arch.caching import engine, get_or_load, invalidate_tag, metrics
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET_TIMEOUT = 0.5  # the example project's CACHES OPTIONS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.version_independent]  # Redis faults
 
 
 @pytest.fixture

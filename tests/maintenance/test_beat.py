@@ -18,7 +18,10 @@ from data_arch.testing.pytest_plugin import (
     stop_celery_worker,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
+    pytest.mark.version_independent,  # Celery beat scheduling
+]
 
 SETTINGS = "tests.maintenance.beat_settings"
 HEALTH_INTERVAL, WARM_INTERVAL = 3, 10  # as in beat_settings

@@ -14,6 +14,7 @@ from data_arch.testing.pytest_plugin import start_celery_worker, stop_celery_wor
 from tests.maintenance.warmers import KEY
 
 pytestmark = [
+    pytest.mark.version_independent,  # Redis restarts
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
 ]

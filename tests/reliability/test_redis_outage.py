@@ -20,7 +20,7 @@ import pytest
 
 from tests.reliability.conftest import LIVE, Load, database_settings, latency_line, tenant_hosts
 
-pytestmark = [pytest.mark.slow, LIVE]
+pytestmark = [pytest.mark.slow, pytest.mark.version_independent, LIVE]
 
 SCHEMAS = ("tenant_a", "tenant_b")
 HIT = "data_arch_cache_events_total"
