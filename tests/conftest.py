@@ -1,9 +1,27 @@
 import pytest
+import pytest_django.fixtures
 from django_tenants.utils import get_public_schema_name, schema_context
 
 from tests.factories import ClientFactory
 
 TENANT_SCHEMAS = ("tenant_a", "tenant_b")
+
+# pytest-django creates the test databases the collected tests ask for, which it reads from
+# their django_db marker or db/transactional_db fixture. The partition tests use
+# tests/partitioning's committed_db instead (maintenance commits once per partition, so no
+# wrapping transaction): alone, a module of them asked for no database, and ran against the
+# database of the settings, which is not migrated. Such a test asks for default and replica.
+_databases_for_test = pytest_django.fixtures._get_databases_for_test
+
+
+def _databases_for_committed_db_tests(test):
+    databases, serialized = _databases_for_test(test)
+    if not databases and "committed_db" in getattr(test, "fixturenames", ()):
+        return ("default", "replica"), False
+    return databases, serialized
+
+
+pytest_django.fixtures._get_databases_for_test = _databases_for_committed_db_tests
 
 
 @pytest.fixture(scope="session")
