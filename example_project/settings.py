@@ -68,6 +68,10 @@ TENANT_DOMAIN_MODEL = "customers.Domain"
 PUBLIC_SCHEMA_URLCONF = "example_project.urls_public"
 ROOT_URLCONF = "example_project.urls_tenants"
 SHOW_PUBLIC_IF_NO_TENANT_FOUND = True
+# data_arch sets search_path with every statement (for its own transaction), so django-tenants'
+# own `SET search_path` before every query is a round trip that changes nothing: send it only
+# when the connection's schema changes.
+TENANT_LIMIT_SET_CALLS = True
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
