@@ -41,6 +41,8 @@ class Partition:
     detach_pending: bool = False
     #: the bounds as PostgreSQL prints them (``MINVALUE``, ``'infinity'``, ...); None: DEFAULT
     bounds: tuple[str, str] | None = None
+    #: storage parameters (``pg_class.reloptions``), as :func:`read_table` found them
+    reloptions: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,16 +238,16 @@ def read_table(
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
-            "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending "
+            "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending, c.reloptions "
             "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
             [oid],
         )
-        for name, bound, size, rows, kind, pending in cursor.fetchall():
+        for name, bound, size, rows, kind, pending, options in cursor.fetchall():
             is_default, start, end = parse_bounds(bound)
             partitions.append(
                 Partition(
                     name, start, end, is_default, size, rows, kind, bool(pending),
-                    None if is_default else bound_texts(bound),
+                    None if is_default else bound_texts(bound), tuple(options or ()),
                 )
             )
         default = next((p for p in partitions if p.is_default), None)
@@ -494,31 +496,45 @@ class Carried:
     identity: tuple[tuple[str, str], ...] = ()
 
 
-def carried(using: str, schema: str, table: str, state: TableState, start: dt.datetime) -> Carried:
+def parent_carry(
+    using: str, schema: str, table: str
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The parts of :class:`Carried` that come from the parent: its comment and its identity
+    columns (PostgreSQL < 17), in one round trip."""
+    with connections[using].cursor() as cursor:
+        if connections[using].pg_version < 170000:
+            cursor.execute(
+                "SELECT obj_description(%s::regclass, 'pg_class'), ARRAY(SELECT ARRAY[a.attname, "
+                "pg_get_serial_sequence(%s, a.attname)] FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND a.attidentity <> '' ORDER BY a.attnum)",
+                [sql.qualified(schema, table)] * 3,
+            )
+            comment, pairs = cursor.fetchone()
+            identity = tuple((name, sequence) for name, sequence in pairs or () if sequence)
+        else:
+            cursor.execute(
+                "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
+            )
+            comment, identity = cursor.fetchone()[0], ()
+    return comment, identity
+
+
+def carried(
+    using: str,
+    schema: str,
+    table: str,
+    state: TableState,
+    start: dt.datetime,
+    parent: tuple[str | None, tuple[tuple[str, str], ...]] | None = None,
+) -> Carried:
+    """What a new partition of [start, ...) takes over. ``parent``: :func:`parent_carry` of
+    the table, when already read; the storage parameters come from ``state`` (read_table)."""
     ordinary = [p for p in state.ranged if p.kind == "r" and p.start is not None]
     before = [p for p in ordinary if p.start <= start]
     nearest = before[-1] if before else (ordinary[0] if ordinary else None)
-    with connections[using].cursor() as cursor:
-        reloptions: tuple[str, ...] = ()
-        if nearest is not None:
-            cursor.execute(
-                "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
-                [sql.qualified(schema, nearest.name)],
-            )
-            reloptions = tuple(cursor.fetchone()[0] or ())
-        cursor.execute(
-            "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
-        )
-        comment = cursor.fetchone()[0]
-        identity: tuple[tuple[str, str], ...] = ()
-        if connections[using].pg_version < 170000:
-            cursor.execute(
-                "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-                "AND a.attidentity <> '' ORDER BY a.attnum",
-                [sql.qualified(schema, table), sql.qualified(schema, table)],
-            )
-            identity = tuple((name, sequence) for name, sequence in cursor.fetchall() if sequence)
+    reloptions = nearest.reloptions if nearest is not None else ()
+    comment, identity = parent if parent is not None else parent_carry(using, schema, table)
     return Carried(reloptions, comment, identity)
 
 

@@ -624,6 +624,7 @@ def _table_plan(
     # (which every ATTACH scans under lock) already empty.
     drains: list[Action] = []
     creates: list[Action] = []
+    parent: tuple[str | None, tuple[tuple[str, str], ...]] | None = None  # read once, if needed
     for start in sorted(months):
         end = add_months(start, 1)
         if state.covers(start, end):
@@ -643,7 +644,9 @@ def _table_plan(
             problems.append(clash)
             continue
         drain = bool(in_default.get(start))
-        carried = catalog.carried(using, schema, table, state, start)
+        if parent is None:
+            parent = catalog.parent_carry(using, schema, table)
+        carried = catalog.carried(using, schema, table, state, start, parent)
         steps = create_steps(
             schema, table, name, column, start, end, default, list(referenced),
             catalog.primary_key_columns(using, schema, table) if drain else [],
@@ -791,7 +794,13 @@ def _drain_actions(
 
 def _name_clash(using: str, schema: str, table: str, name: str) -> str | None:
     """Why ``name`` cannot be used for a new month's partition, or None when it can."""
-    found = catalog.relation(using, schema, name)
+    return _clash(using, schema, table, name, catalog.relation(using, schema, name))
+
+
+def _clash(
+    using: str, schema: str, table: str, name: str, found: tuple[str, bool] | None
+) -> str | None:
+    """:func:`_name_clash`, given :func:`catalog.relation` of ``name``."""
     if found is None:
         return None
     kind, is_partition = found

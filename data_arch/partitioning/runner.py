@@ -29,7 +29,7 @@ from data_arch.partitioning.plan import (
     Plan,
     Step,
     TablePlan,
-    _name_clash,
+    _clash,
     clean_up_transactions,
     create_steps,
     detach_concurrently,
@@ -115,6 +115,24 @@ _QUIET_SQL = (
 )
 
 
+@dataclasses.dataclass
+class Known:
+    """A table's catalog state and what its new months copy from the parent (foreign-key
+    targets, row-level security, comment, identity), read once and reused by the run's
+    consecutive month creations on that table. Each of them compares ``fingerprint``
+    (:func:`sql.definition_fingerprint`, read before the rest) with the catalog under its
+    locks, which every change it covers must wait for: on any difference its transaction is
+    rolled back and the month is built again from a fresh read."""
+
+    fingerprint: str
+    state: catalog.TableState
+    referenced: list[str]
+    row_security: catalog.RowSecurity
+    parent: tuple[str | None, tuple[tuple[str, str], ...]]
+    #: months this run attached since the read (left out of the fingerprint)
+    attached: list[str] = dataclasses.field(default_factory=list)
+
+
 class Runner:
     def __init__(
         self,
@@ -133,6 +151,36 @@ class Runner:
         self.token = uuid.uuid4().hex[:8]
         #: the default this run's recorder is installed on, while it is
         self.recording: str | None = None
+        #: per (schema, table): what its month creations are built from (:meth:`known_of`)
+        self.known: dict[tuple[str, str], Known] = {}
+
+    def known_of(self, table: TablePlan) -> Known | None:
+        """What the table's months are built from, read once for the run's consecutive month
+        creations (see :class:`Known`); None when the table is gone."""
+        key = (table.schema, table.table)
+        known = self.known.get(key)
+        if known is None:
+            using, schema = self.using, table.schema
+            statement, params = sql.definition_fingerprint(schema, table.table, [])
+            with connections[using].cursor() as cursor:
+                cursor.execute(statement, params)
+                row = cursor.fetchone()
+            # The fingerprint first, then what it covers: a change in between shows as a
+            # mismatch under the locks, never as a match.
+            state = catalog.read_table(using, schema, table.table, table.column)
+            if row is None or state is None:
+                return None
+            known = Known(
+                row[0], state,
+                catalog.referenced_tables(using, schema, table.table),
+                catalog.row_security(using, schema, table.table),
+                catalog.parent_carry(using, schema, table.table),
+            )
+            self.known[key] = known
+        return known
+
+    def forget(self, table: TablePlan) -> None:
+        self.known.pop((table.schema, table.table), None)
 
     def ran(self, table: TablePlan, step: str, target: str) -> None:
         self.result.steps.append(f"{table.schema}.{table.table}: {step} {target}")
@@ -207,12 +255,13 @@ class Runner:
                 with transaction.atomic(using=self.using), connections[
                     self.using
                 ].cursor() as cursor:
-                    cursor.execute(sql.try_table_lock(schema, table))
+                    cursor.execute(sql.try_table_lock_with_timeout(
+                        schema, table, self.settings.lock_timeout_ms
+                    ))
                     if not cursor.fetchone()[0]:
                         raise MaintenanceBusy(
                             f"another run holds the maintenance lock of {schema}.{table}"
                         )
-                    cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
                     count = 0
                     started = time.perf_counter()
                     for statement in statements:
@@ -320,6 +369,8 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         runner.pending = None
         try:
             for action in table.actions:
+                if action.kind != "create" or action.default_rows:
+                    runner.forget(table)  # the reused read is for plain month creations only
                 try:
                     if action.kind == "clean_up":
                         try:
@@ -353,6 +404,7 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
                 swap_pending(table, ())
         finally:
             runner.pending = None
+            runner.forget(table)
             try:
                 runner.drop_recorder(table.schema, table.table)
             except (DatabaseError, MaintenanceError) as exc:
@@ -480,6 +532,11 @@ def _swap_together(
 
 
 def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
+    if action.kind == "create" and not action.default_rows:
+        known = runner.known_of(table)
+        if known is None:
+            return False
+        return _create(runner, table, action, known.state, known)
     state = catalog.read_table(runner.using, table.schema, table.table, table.column)
     if state is None:
         return False
@@ -496,11 +553,21 @@ def _count_in_default(cursor: Any, schema: str, default: str, column: str, actio
     return cursor.fetchone()[0]
 
 
-def _create(runner: Runner, table: TablePlan, action: Action, state: catalog.TableState) -> bool:
+def _create(
+    runner: Runner,
+    table: TablePlan,
+    action: Action,
+    state: catalog.TableState,
+    known: Known | None = None,
+) -> bool:
+    """Create one month; ``known``: build it from the run's earlier read (see :class:`Known`),
+    else from a fresh one. Whatever needs more than the plain path reads afresh."""
     for _ in range(5):
         try:
-            return _create_once(runner, table, action, state)
+            return _create_once(runner, table, action, state, known)
         except _Changed:
+            runner.forget(table)
+            known = None
             state = catalog.read_table(runner.using, table.schema, table.table, table.column)
             if state is None:
                 return False
@@ -523,24 +590,45 @@ def _guard(schema: str, name: str, exists: bool) -> Callable[[Any], None]:
     return check
 
 
+def _joined(statements: list[Any]) -> list[Any]:
+    """Consecutive SQL strings sent as one (PostgreSQL runs them in turn, each under the
+    transaction's lock_timeout, and the first error aborts the transaction): one round trip."""
+    out: list[Any] = []
+    for statement in statements:
+        if isinstance(statement, str) and out and isinstance(out[-1], str):
+            out[-1] = f"{out[-1]};\n{statement}"
+        else:
+            out.append(statement)
+    return out
+
+
 def _create_once(
-    runner: Runner, table: TablePlan, action: Action, state: catalog.TableState
+    runner: Runner,
+    table: TablePlan,
+    action: Action,
+    state: catalog.TableState,
+    known: Known | None = None,
 ) -> bool:
     using, schema, name = runner.using, table.schema, action.partition
+    if known is not None and state.overlaps(action.start, action.end):
+        raise _Changed  # decided on a fresh read, not on the run's earlier one
     if any(p.start == action.start and p.end == action.end for p in state.ranged):
         return False  # done by an earlier or concurrent run
     if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
-    clash = _name_clash(using, schema, table.table, name)
+    found = catalog.relation(using, schema, name)
+    clash = _clash(using, schema, table.table, name, found)
     if clash:
         fresh = catalog.read_table(using, schema, table.table, table.column)
         if fresh and any(p.start == action.start and p.end == action.end for p in fresh.ranged):
             return False  # a concurrent run attached it since our read
         raise MaintenanceError(clash)
-    staged = catalog.relation(using, schema, name) is not None
+    staged = found is not None
     default = state.default.name if state.default else None
-    referenced = catalog.referenced_tables(using, schema, table.table)
+    referenced = (
+        known.referenced if known else catalog.referenced_tables(using, schema, table.table)
+    )
     quiet = [*referenced, sql.qualified(schema, table.table)]
     if default:
         quiet.append(sql.qualified(schema, default))
@@ -552,27 +640,66 @@ def _create_once(
             rows = _count_in_default(cursor, schema, default, table.column, action)
     else:
         rows = 0
+    if known is not None and (captured or rows):
+        raise _Changed  # the drain path reads everything afresh
     steps: list[Step]
     if not captured and rows == 0:
+        carried = catalog.carried(
+            using, schema, table.table, state, action.start, known.parent if known else None
+        )
         steps = create_steps(
             schema, table.table, name, table.column, action.start, action.end, default,
             referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
-            row_security=catalog.row_security(using, schema, table.table),
-            carried=catalog.carried(using, schema, table.table, state, action.start),
+            row_security=(
+                known.row_security if known else catalog.row_security(using, schema, table.table)
+            ),
+            carried=carried,
         )
         statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
-        if default:
-            def no_stragglers(cursor: Any) -> None:
-                if _count_in_default(cursor, schema, default, table.column, action):
+        if default or known:
+            def under_the_locks(cursor: Any) -> None:
+                count = (
+                    f"SELECT count(*) FROM {sql.qualified(schema, default)} WHERE "
+                    f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
+                    f"{sql.quote(table.column)} < {sql.literal(action.end)}"
+                    if default else "SELECT 0"
+                )
+                if known is None:
+                    cursor.execute(count)
+                    if cursor.fetchone()[0]:
+                        raise _Straggler
+                    return
+                fingerprint, params = sql.definition_fingerprint(
+                    schema, table.table, known.attached
+                )
+                cursor.execute(f"SELECT ({count}), ({fingerprint})", params)
+                rows, now = cursor.fetchone()
+                if rows:
                     raise _Straggler
+                if now != known.fingerprint:
+                    raise _Changed
 
-            # Right after the locks: a row that reached the default since the count above.
-            statements.insert(len(statements) - 2, no_stragglers)
+            # Right after the locks: a row that reached the default since the count above,
+            # and (building from the run's earlier read) whether the catalog still matches it.
+            statements.insert(len(statements) - 2, under_the_locks)
         try:
-            runner.transaction(schema, table.table, statements, quiet)
+            runner.transaction(schema, table.table, _joined(statements), quiet)
             runner.ran(table, steps[0].name, name)
+            if known is not None:
+                known.attached.append(name)
+                known.state = dataclasses.replace(
+                    state,
+                    partitions=(
+                        *state.partitions,
+                        catalog.Partition(
+                            name, action.start, action.end, reloptions=carried.reloptions
+                        ),
+                    ),
+                )
             return True
         except _Straggler:
+            if known is not None:
+                raise _Changed from None  # the drain path reads everything afresh
             staged = catalog.relation(using, schema, name) is not None
     assert default is not None
     steps = create_steps(
