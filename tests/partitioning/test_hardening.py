@@ -716,3 +716,47 @@ def test_one_broken_tenant_in_twenty_never_stops_the_others(events, capsys):
         with connection.cursor() as cursor:
             for schema in extra:
                 cursor.execute(f"DROP SCHEMA IF EXISTS {sql.quote(schema)} CASCADE")
+
+
+def test_changes_to_the_parent_during_a_run_reach_the_months_made_after_them(events):
+    """A run reads the table once for its consecutive months and checks that read against the
+    catalog under each month's locks: a comment, a row-level security policy or an overlapping
+    partition made while it runs is seen by every month made after it."""
+    from data_arch.partitioning.catalog import row_security
+
+    names = [sql.partition_name(TABLE, at(2026, month)) for month in (6, 7, 8, 9)]
+    table = sql.quote(TABLE)
+
+    def meanwhile(label: str) -> None:
+        if label.endswith(names[0]):
+            execute(events, f"COMMENT ON TABLE {table} IS 'changed mid-run'")
+            execute(events, f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+            execute(events, f"CREATE POLICY mid_run ON {table} USING (kind = 'login')")
+        elif label.endswith(names[1]):
+            execute(events, f"CREATE TABLE events_event_elsewhere PARTITION OF {table} FOR "
+                            "VALUES FROM ('2026-09-10 00:00:00+00') TO ('2026-09-20 00:00:00+00')")
+
+    try:
+        result = apply(plan(models_=["events.Event"], ahead=3, now=NOW), on_progress=meanwhile)
+        assert [label.rsplit(" ", 1)[1] for label in result.done] == names[:3]
+        assert [(f.action, f.error) for f in result.failures] == [
+            (f"create {names[3]}", "a partition now overlaps [2026-09-01, 2026-10-01)")
+        ]
+        made = dict(partitions(events))
+        assert names[3] not in made and all(name in made for name in names[:3])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT relname, obj_description(oid, 'pg_class'), relrowsecurity FROM pg_class "
+                "WHERE relnamespace = %s::regnamespace AND relname = ANY(%s) ORDER BY 1",
+                [events, names[:3]],
+            )
+            rows = cursor.fetchall()
+        assert rows == [(names[0], None, False), (names[1], "changed mid-run", True),
+                        (names[2], "changed mid-run", True)]
+        for name in names[1:3]:
+            assert [p[0] for p in row_security("default", events, name).policies] == ["mid_run"]
+        assert row_security("default", events, names[0]).policies == ()
+    finally:
+        execute(events, f"DROP POLICY IF EXISTS mid_run ON {table}")
+        execute(events, f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+        execute(events, f"COMMENT ON TABLE {table} IS NULL")
