@@ -356,6 +356,19 @@ def relation(using: str, schema: str, name: str) -> tuple[str, bool] | None:
     return (row[0], row[1]) if row else None
 
 
+def relations(using: str, schema: str, names: list[str]) -> dict[str, tuple[str, bool]]:
+    """:func:`relation` of each of ``names`` that some relation has, in one round trip."""
+    if not names:
+        return {}
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            [schema, list(names)],
+        )
+        return {name: (kind, is_partition) for name, kind, is_partition in cursor.fetchall()}
+
+
 def column_signature(using: str, schema: str, table: str) -> list[tuple[str, str, str, bool]]:
     """(name, type, generated, not null) per live column: what a staging table must match."""
     with connections[using].cursor() as cursor:

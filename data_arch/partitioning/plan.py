@@ -625,6 +625,11 @@ def _table_plan(
     drains: list[Action] = []
     creates: list[Action] = []
     parent: tuple[str | None, tuple[tuple[str, str], ...]] | None = None  # read once, if needed
+    taken = catalog.relations(
+        using, schema,
+        [sql.partition_name(table, start) for start in months
+         if not state.covers(start, add_months(start, 1))],
+    )
     for start in sorted(months):
         end = add_months(start, 1)
         if state.covers(start, end):
@@ -636,7 +641,7 @@ def _table_plan(
                 f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"
             )
             continue
-        clash = _name_clash(using, schema, table, name)
+        clash = _clash(using, schema, table, name, taken.get(name))
         if clash:
             fresh = catalog.read_table(using, schema, table, column)
             if fresh is not None and fresh.covers(start, end):
@@ -792,15 +797,11 @@ def _drain_actions(
     return [record, *copied, swap_action]
 
 
-def _name_clash(using: str, schema: str, table: str, name: str) -> str | None:
-    """Why ``name`` cannot be used for a new month's partition, or None when it can."""
-    return _clash(using, schema, table, name, catalog.relation(using, schema, name))
-
-
 def _clash(
     using: str, schema: str, table: str, name: str, found: tuple[str, bool] | None
 ) -> str | None:
-    """:func:`_name_clash`, given :func:`catalog.relation` of ``name``."""
+    """Why ``name`` cannot be used for a new month's partition, or None when it can;
+    ``found``: :func:`catalog.relation` of ``name``."""
     if found is None:
         return None
     kind, is_partition = found

@@ -617,7 +617,26 @@ def _create_once(
     if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
-    found = catalog.relation(using, schema, name)
+    default = state.default.name if state.default else None
+    counted: int | None = None  # rows of the month in the default (reused read: 0 or 1, any)
+    if known is not None and default is not None:
+        # One round trip: whether the name is taken, and the month's rows in the default.
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                "SELECT c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+                "UNION ALL SELECT NULL, NULL "
+                f"FROM (SELECT 1 FROM {sql.qualified(schema, default)} WHERE "
+                f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
+                f"{sql.quote(table.column)} < {sql.literal(action.end)} LIMIT 1) r",
+                [schema, name],
+            )
+            rows_found = cursor.fetchall()
+        named = [row for row in rows_found if row[0] is not None]
+        found = (named[0][0], named[0][1]) if named else None
+        counted = len(rows_found) - len(named)
+    else:
+        found = catalog.relation(using, schema, name)
     clash = _clash(using, schema, table.table, name, found)
     if clash:
         fresh = catalog.read_table(using, schema, table.table, table.column)
@@ -625,7 +644,6 @@ def _create_once(
             return False  # a concurrent run attached it since our read
         raise MaintenanceError(clash)
     staged = found is not None
-    default = state.default.name if state.default else None
     referenced = (
         known.referenced if known else catalog.referenced_tables(using, schema, table.table)
     )
@@ -636,8 +654,10 @@ def _create_once(
         using, schema, default, sql.capture_name(name)
     )
     if default is not None and not captured:
-        with connections[using].cursor() as cursor:
-            rows = _count_in_default(cursor, schema, default, table.column, action)
+        if counted is None:
+            with connections[using].cursor() as cursor:
+                counted = _count_in_default(cursor, schema, default, table.column, action)
+        rows = counted
     else:
         rows = 0
     if known is not None and (captured or rows):
