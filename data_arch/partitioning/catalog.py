@@ -551,6 +551,29 @@ def carried(
     return Carried(reloptions, comment, identity)
 
 
+def fingerprint(using: str, schema: str, table: str) -> str | None:
+    """:func:`sql.definition_fingerprint` of ``schema.table`` now; None when it does not exist.
+    Read it before what it covers (a change in between then shows as a mismatch later)."""
+    statement, params = sql.definition_fingerprint(schema, table, [])
+    with connections[using].cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What new months of a table are built from, as one read found it: ``fingerprint``
+    (read first), the table's state, its foreign-key targets, row-level security, and
+    :func:`parent_carry`."""
+
+    fingerprint: str
+    state: TableState
+    referenced: tuple[str, ...]
+    row_security: RowSecurity
+    parent: tuple[str | None, tuple[tuple[str, str], ...]]
+
+
 def recorders(using: str, schema: str, default: str) -> list[str]:
     """Recorder triggers of apply runs on ``default``: a run removes its own when it ends; one
     still there with no apply running was left by a run that was killed."""

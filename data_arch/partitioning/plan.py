@@ -125,6 +125,9 @@ class TablePlan:
     columns: tuple[str, ...] = ()
     #: the problems that keep an action from being planned (apply reports them as failures)
     blocked: tuple[str, ...] = ()
+    #: what the plan's new months were built from; apply starts from it, checking it against
+    #: the catalog under each month's locks (not part of the plan's output)
+    read: catalog.Snapshot | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def step_labels(self) -> list[str]:
         """Every step of the table's actions, in the order ``apply`` runs them, labelled as
@@ -569,6 +572,7 @@ def _table_plan(
     assert isinstance(declared, MonthlyPartitioning)
     table = model._meta.db_table
     column = model._meta.get_field(declared.field).column
+    mark = catalog.fingerprint(using, schema, table)  # before what it covers
     state = catalog.read_table(using, schema, table, column)
     if state is None:
         return None
@@ -735,6 +739,11 @@ def _table_plan(
         referenced=referenced,
         default=default,
         columns=tuple(catalog.columns(using, schema, table)),
+        read=(
+            catalog.Snapshot(mark, state, referenced, security, parent)
+            if mark is not None and parent is not None
+            else None
+        ),
     )
 
 

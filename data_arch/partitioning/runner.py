@@ -153,6 +153,8 @@ class Runner:
         self.recording: str | None = None
         #: per (schema, table): what its month creations are built from (:meth:`known_of`)
         self.known: dict[tuple[str, str], Known] = {}
+        #: tables whose plan's read (``TablePlan.read``) no longer serves
+        self.spent: set[tuple[str, str]] = set()
 
     def known_of(self, table: TablePlan) -> Known | None:
         """What the table's months are built from, read once for the run's consecutive month
@@ -160,27 +162,34 @@ class Runner:
         key = (table.schema, table.table)
         known = self.known.get(key)
         if known is None:
-            using, schema = self.using, table.schema
-            statement, params = sql.definition_fingerprint(schema, table.table, [])
-            with connections[using].cursor() as cursor:
-                cursor.execute(statement, params)
-                row = cursor.fetchone()
-            # The fingerprint first, then what it covers: a change in between shows as a
-            # mismatch under the locks, never as a match.
-            state = catalog.read_table(using, schema, table.table, table.column)
-            if row is None or state is None:
-                return None
-            known = Known(
-                row[0], state,
-                catalog.referenced_tables(using, schema, table.table),
-                catalog.row_security(using, schema, table.table),
-                catalog.parent_carry(using, schema, table.table),
-            )
+            read = table.read if key not in self.spent else None
+            self.spent.add(key)  # the plan's read serves only the run's first months
+            if read is not None:
+                known = Known(
+                    read.fingerprint, read.state, list(read.referenced), read.row_security,
+                    read.parent,
+                )
+            else:
+                using, schema = self.using, table.schema
+                # The fingerprint first, then what it covers: a change in between shows as a
+                # mismatch under the locks, never as a match.
+                mark = catalog.fingerprint(using, schema, table.table)
+                state = catalog.read_table(using, schema, table.table, table.column)
+                if mark is None or state is None:
+                    return None
+                known = Known(
+                    mark, state,
+                    catalog.referenced_tables(using, schema, table.table),
+                    catalog.row_security(using, schema, table.table),
+                    catalog.parent_carry(using, schema, table.table),
+                )
             self.known[key] = known
         return known
 
     def forget(self, table: TablePlan) -> None:
-        self.known.pop((table.schema, table.table), None)
+        key = (table.schema, table.table)
+        self.known.pop(key, None)
+        self.spent.add(key)
 
     def ran(self, table: TablePlan, step: str, target: str) -> None:
         self.result.steps.append(f"{table.schema}.{table.table}: {step} {target}")

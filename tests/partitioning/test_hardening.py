@@ -760,3 +760,29 @@ def test_changes_to_the_parent_during_a_run_reach_the_months_made_after_them(eve
         execute(events, f"DROP POLICY IF EXISTS mid_run ON {table}")
         execute(events, f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
         execute(events, f"COMMENT ON TABLE {table} IS NULL")
+
+
+def test_a_plan_applied_after_the_parent_changed_builds_from_the_parent_as_it_is(events):
+    """apply starts from the plan's read of the table: a policy and a comment added between
+    plan and apply still reach every new month."""
+    from data_arch.partitioning.catalog import row_security
+
+    table = sql.quote(TABLE)
+    the_plan = plan(models_=["events.Event"], ahead=2, now=NOW)
+    execute(events, f"COMMENT ON TABLE {table} IS 'after the plan'")
+    execute(events, f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    execute(events, f"CREATE POLICY after_plan ON {table} USING (kind = 'login')")
+    try:
+        result = apply(the_plan)
+        names = [sql.partition_name(TABLE, at(2026, month)) for month in (6, 7, 8)]
+        assert ok(result) and [label.rsplit(" ", 1)[1] for label in result.done] == names
+        for name in names:
+            security = row_security("default", events, name)
+            assert security.enabled and [p[0] for p in security.policies] == ["after_plan"]
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT obj_description(%s::regclass, 'pg_class')", [name])
+                assert cursor.fetchone()[0] == "after the plan"
+    finally:
+        execute(events, f"DROP POLICY IF EXISTS after_plan ON {table}")
+        execute(events, f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+        execute(events, f"COMMENT ON TABLE {table} IS NULL")
