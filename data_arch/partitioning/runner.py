@@ -11,6 +11,7 @@ A failing action is recorded and the run goes on with the next one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -107,12 +108,14 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-_QUIET_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+#: whether a transaction older than %s ms holds a lock on one of the relations %s
+_BUSY = (
+    "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() "
     "AND l.relation = ANY(%s::text[]::regclass[]) "
     "AND a.xact_start < clock_timestamp() - %s * interval '1 millisecond')"
 )
+_QUIET_SQL = f"SELECT {_BUSY}"
 
 
 @dataclasses.dataclass
@@ -216,7 +219,13 @@ class Runner:
                 self.result.lock_retries += 1
                 self.sleep(min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random()))
 
-    def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
+    def young_ms(self) -> int:
+        """How old a transaction holding a lock must be for :meth:`wait_for_quiet` to wait."""
+        return min(10, self.settings.lock_timeout_ms // 2)
+
+    def wait_for_quiet(
+        self, relations: list[str], budget: list[float] | None = None, cursor: Any = None
+    ) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
 
         A lock request queues everyone who comes after it; waiting here instead keeps writers
@@ -228,13 +237,15 @@ class Runner:
         """
         if budget is None:
             budget = [self.quiet_budget()]
-        young_ms = min(10, self.settings.lock_timeout_ms // 2)
         started = time.monotonic()
         try:
-            with connections[self.using].cursor() as cursor:
+            with (
+                connections[self.using].cursor() if cursor is None
+                else contextlib.nullcontext(cursor)
+            ) as probe:
                 while True:
-                    cursor.execute(_QUIET_SQL, [relations, young_ms])
-                    if not cursor.fetchone()[0] or time.monotonic() - started >= budget[0]:
+                    probe.execute(_QUIET_SQL, [relations, self.young_ms()])
+                    if not probe.fetchone()[0] or time.monotonic() - started >= budget[0]:
                         return
                     time.sleep(0.01)
         finally:
@@ -249,45 +260,28 @@ class Runner:
         table: str,
         statements: list[str | Callable[[Any], None]],
         quiet: list[str] | None = None,
+        probed: bool = False,
+        cursor: Any = None,
     ) -> int:
         """Run ``statements`` in one transaction under the table's try-lock and lock_timeout.
 
         Returns the row count of the last statement. Retries lock timeouts, deadlocks and a
         busy try-lock; each attempt starts from a clean state (the failed one rolled back).
+        ``probed``: the caller has just found ``quiet`` quiet (holding nothing), so the first
+        attempt does not wait again. ``cursor``: one of the caller's, used outside any
+        transaction (else each attempt opens its own).
         """
         attempts = self.settings.lock_retries
         budget = [self.quiet_budget()]
         for attempt in range(1, attempts + 1):
-            if quiet:
-                self.wait_for_quiet(quiet, budget)
             try:
-                with transaction.atomic(using=self.using), connections[
-                    self.using
-                ].cursor() as cursor:
-                    cursor.execute(sql.try_table_lock_with_timeout(
-                        schema, table, self.settings.lock_timeout_ms
-                    ))
-                    if not cursor.fetchone()[0]:
-                        raise MaintenanceBusy(
-                            f"another run holds the maintenance lock of {schema}.{table}"
-                        )
-                    count = 0
-                    started = time.perf_counter()
-                    for statement in statements:
-                        began = time.perf_counter()
-                        if callable(statement):
-                            statement(cursor)
-                        else:
-                            cursor.execute(statement)
-                            count = cursor.rowcount
-                        spent = (time.perf_counter() - began) * 1000
-                        if spent >= 20:
-                            logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
-                                         getattr(statement, "__name__", statement))
-                    logger.debug(
-                        "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
-                        len(statements), (time.perf_counter() - started) * 1000,
-                    )
+                with (
+                    connections[self.using].cursor() if cursor is None
+                    else contextlib.nullcontext(cursor)
+                ) as on:
+                    if quiet and not (probed and attempt == 1):
+                        self.wait_for_quiet(quiet, budget, on)  # before the transaction
+                    count = self._attempt(on, schema, table, statements)
                 return count
             except MaintenanceBusy:
                 if attempt == attempts:
@@ -301,6 +295,37 @@ class Runner:
                         attempt, delay)
             self.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _attempt(
+        self, cursor: Any, schema: str, table: str, statements: list[str | Callable[[Any], None]]
+    ) -> int:
+        """One attempt of :meth:`transaction`, on ``cursor``."""
+        with transaction.atomic(using=self.using):
+            cursor.execute(sql.try_table_lock_with_timeout(
+                schema, table, self.settings.lock_timeout_ms
+            ))
+            if not cursor.fetchone()[0]:
+                raise MaintenanceBusy(
+                    f"another run holds the maintenance lock of {schema}.{table}"
+                )
+            count = 0
+            started = time.perf_counter()
+            for statement in statements:
+                began = time.perf_counter()
+                if callable(statement):
+                    statement(cursor)
+                else:
+                    cursor.execute(statement)
+                    count = cursor.rowcount
+                spent = (time.perf_counter() - began) * 1000
+                if spent >= 20:
+                    logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
+                                 getattr(statement, "__name__", statement))
+            logger.debug(
+                "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
+                len(statements), (time.perf_counter() - started) * 1000,
+            )
+        return count
 
     def bare(self, statement: str) -> None:
         """One statement outside a transaction block (``DETACH ... CONCURRENTLY``)."""
@@ -569,17 +594,26 @@ def _create(
     state: catalog.TableState,
     known: Known | None = None,
 ) -> bool:
-    """Create one month; ``known``: build it from the run's earlier read (see :class:`Known`),
-    else from a fresh one. Whatever needs more than the plain path reads afresh."""
-    for _ in range(5):
+    """Create one month; ``known``: first try to build it from the run's earlier read (see
+    :class:`Known`). Whatever that path cannot decide on its own goes to one that reads the
+    catalog afresh."""
+    if known is not None:
         try:
-            return _create_once(runner, table, action, state, known)
+            return _create_from(runner, table, action, known)
         except _Changed:
             runner.forget(table)
-            known = None
-            state = catalog.read_table(runner.using, table.schema, table.table, table.column)
-            if state is None:
+            fresh = catalog.read_table(runner.using, table.schema, table.table, table.column)
+            if fresh is None:
                 return False
+            state = fresh
+    for _ in range(5):
+        try:
+            return _create_once(runner, table, action, state)
+        except _Changed:
+            fresh = catalog.read_table(runner.using, table.schema, table.table, table.column)
+            if fresh is None:
+                return False
+            state = fresh
     raise MaintenanceError(f"{action.partition} kept changing under a concurrent run")
 
 
@@ -611,51 +645,118 @@ def _joined(statements: list[Any]) -> list[Any]:
     return out
 
 
-def _create_once(
+def _verbatim(text: str) -> str:
+    """``text`` (identifiers, literals) inside a statement that also takes parameters."""
+    return text.replace("%", "%%")
+
+
+def _create_from(runner: Runner, table: TablePlan, action: Action, known: Known) -> bool:
+    """The plain month (no rows of it in the default, its name free), built from ``known``.
+
+    Before the transaction, holding nothing, one statement asks whether the name is taken,
+    whether the default holds rows of the month and whether the tables are quiet. In the
+    transaction, CREATE TABLE itself fails if the name was taken since; right after the
+    locks, one statement checks the default again and compares the fingerprint. Raises
+    :class:`_Changed` (nothing left behind) for anything else: a month the read says is done
+    or overlapped, a taken name, rows to drain, a catalog that no longer matches the read.
+    """
+    using, schema, name = runner.using, table.schema, action.partition
+    state = known.state
+    if state.overlaps(action.start, action.end):
+        raise _Changed  # done or overlapped: decided on a fresh read
+    default = state.default.name if state.default else None
+    quiet = [*known.referenced, sql.qualified(schema, table.table)]
+    if default:
+        quiet.append(sql.qualified(schema, default))
+    rows_of_month = (
+        f"EXISTS (SELECT 1 FROM {sql.qualified(schema, default)} WHERE "
+        f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
+        f"{sql.quote(table.column)} < {sql.literal(action.end)})"
+        if default else "false"
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE n.nspname = %s AND c.relname = %s), "
+            f"{_verbatim(rows_of_month)}, {_BUSY}",
+            [schema, name, quiet, runner.young_ms()],
+        )
+        taken, rows, busy = cursor.fetchone()
+        if taken or rows:
+            raise _Changed  # a staged or clashing table, or rows to drain: the path that reads
+        _build_from(runner, table, action, known, default, rows_of_month, quiet, busy, cursor)
+    return True
+
+
+def _build_from(
     runner: Runner,
     table: TablePlan,
     action: Action,
-    state: catalog.TableState,
-    known: Known | None = None,
+    known: Known,
+    default: str | None,
+    rows_of_month: str,
+    quiet: list[str],
+    busy: bool,
+    cursor: Any,
+) -> None:
+    """The transaction of :func:`_create_from`, on the cursor of its read."""
+    using, schema, name = runner.using, table.schema, action.partition
+    state = known.state
+    carried = catalog.carried(using, schema, table.table, state, action.start, known.parent)
+    steps = create_steps(
+        schema, table.table, name, table.column, action.start, action.end, default,
+        known.referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=False,
+        row_security=known.row_security, carried=carried,
+    )
+
+    def under_the_locks(on: Any) -> None:
+        fingerprint, params = sql.definition_fingerprint(schema, table.table, known.attached)
+        on.execute(f"SELECT {_verbatim(rows_of_month)}, ({fingerprint})", params)
+        stragglers, now = on.fetchone()
+        if stragglers or now != known.fingerprint:
+            raise _Changed
+
+    statements: list[Any] = list(steps[0].statements)
+    # Right after the locks: a row that reached the default since the read above, and
+    # whether the catalog still matches the run's read of it.
+    statements.insert(len(statements) - 2, under_the_locks)
+    try:
+        runner.transaction(
+            schema, table.table, _joined(statements), quiet, probed=not busy, cursor=cursor
+        )
+    except DatabaseError as exc:
+        if sqlstate(exc) == "42P07":  # duplicate_table: the name was taken since the read
+            raise _Changed from None
+        raise
+    runner.ran(table, steps[0].name, name)
+    known.attached.append(name)
+    known.state = dataclasses.replace(
+        state,
+        partitions=(
+            *state.partitions,
+            catalog.Partition(name, action.start, action.end, reloptions=carried.reloptions),
+        ),
+    )
+
+
+def _create_once(
+    runner: Runner, table: TablePlan, action: Action, state: catalog.TableState
 ) -> bool:
     using, schema, name = runner.using, table.schema, action.partition
-    if known is not None and state.overlaps(action.start, action.end):
-        raise _Changed  # decided on a fresh read, not on the run's earlier one
     if any(p.start == action.start and p.end == action.end for p in state.ranged):
         return False  # done by an earlier or concurrent run
     if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
-    default = state.default.name if state.default else None
-    counted: int | None = None  # rows of the month in the default (reused read: 0 or 1, any)
-    if known is not None and default is not None:
-        # One round trip: whether the name is taken, and the month's rows in the default.
-        with connections[using].cursor() as cursor:
-            cursor.execute(
-                "SELECT c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
-                "UNION ALL SELECT NULL, NULL "
-                f"FROM (SELECT 1 FROM {sql.qualified(schema, default)} WHERE "
-                f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
-                f"{sql.quote(table.column)} < {sql.literal(action.end)} LIMIT 1) r",
-                [schema, name],
-            )
-            rows_found = cursor.fetchall()
-        named = [row for row in rows_found if row[0] is not None]
-        found = (named[0][0], named[0][1]) if named else None
-        counted = len(rows_found) - len(named)
-    else:
-        found = catalog.relation(using, schema, name)
-    clash = _clash(using, schema, table.table, name, found)
+    clash = _clash(using, schema, table.table, name, catalog.relation(using, schema, name))
     if clash:
         fresh = catalog.read_table(using, schema, table.table, table.column)
         if fresh and any(p.start == action.start and p.end == action.end for p in fresh.ranged):
             return False  # a concurrent run attached it since our read
         raise MaintenanceError(clash)
-    staged = found is not None
-    referenced = (
-        known.referenced if known else catalog.referenced_tables(using, schema, table.table)
-    )
+    staged = catalog.relation(using, schema, name) is not None
+    default = state.default.name if state.default else None
+    referenced = catalog.referenced_tables(using, schema, table.table)
     quiet = [*referenced, sql.qualified(schema, table.table)]
     if default:
         quiet.append(sql.qualified(schema, default))
@@ -663,72 +764,31 @@ def _create_once(
         using, schema, default, sql.capture_name(name)
     )
     if default is not None and not captured:
-        if counted is None:
-            with connections[using].cursor() as cursor:
-                counted = _count_in_default(cursor, schema, default, table.column, action)
-        rows = counted
+        with connections[using].cursor() as cursor:
+            rows = _count_in_default(cursor, schema, default, table.column, action)
     else:
         rows = 0
-    if known is not None and (captured or rows):
-        raise _Changed  # the drain path reads everything afresh
     steps: list[Step]
     if not captured and rows == 0:
-        carried = catalog.carried(
-            using, schema, table.table, state, action.start, known.parent if known else None
-        )
         steps = create_steps(
             schema, table.table, name, table.column, action.start, action.end, default,
             referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=staged,
-            row_security=(
-                known.row_security if known else catalog.row_security(using, schema, table.table)
-            ),
-            carried=carried,
+            row_security=catalog.row_security(using, schema, table.table),
+            carried=catalog.carried(using, schema, table.table, state, action.start),
         )
         statements: list[Any] = [_guard(schema, name, staged), *steps[0].statements]
-        if default or known:
-            def under_the_locks(cursor: Any) -> None:
-                count = (
-                    f"SELECT count(*) FROM {sql.qualified(schema, default)} WHERE "
-                    f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
-                    f"{sql.quote(table.column)} < {sql.literal(action.end)}"
-                    if default else "SELECT 0"
-                )
-                if known is None:
-                    cursor.execute(count)
-                    if cursor.fetchone()[0]:
-                        raise _Straggler
-                    return
-                fingerprint, params = sql.definition_fingerprint(
-                    schema, table.table, known.attached
-                )
-                cursor.execute(f"SELECT ({count}), ({fingerprint})", params)
-                rows, now = cursor.fetchone()
-                if rows:
+        if default:
+            def no_stragglers(cursor: Any) -> None:
+                if _count_in_default(cursor, schema, default, table.column, action):
                     raise _Straggler
-                if now != known.fingerprint:
-                    raise _Changed
 
-            # Right after the locks: a row that reached the default since the count above,
-            # and (building from the run's earlier read) whether the catalog still matches it.
-            statements.insert(len(statements) - 2, under_the_locks)
+            # Right after the locks: a row that reached the default since the count above.
+            statements.insert(len(statements) - 2, no_stragglers)
         try:
-            runner.transaction(schema, table.table, _joined(statements), quiet)
+            runner.transaction(schema, table.table, statements, quiet)
             runner.ran(table, steps[0].name, name)
-            if known is not None:
-                known.attached.append(name)
-                known.state = dataclasses.replace(
-                    state,
-                    partitions=(
-                        *state.partitions,
-                        catalog.Partition(
-                            name, action.start, action.end, reloptions=carried.reloptions
-                        ),
-                    ),
-                )
             return True
         except _Straggler:
-            if known is not None:
-                raise _Changed from None  # the drain path reads everything afresh
             staged = catalog.relation(using, schema, name) is not None
     assert default is not None
     steps = create_steps(
