@@ -855,7 +855,8 @@ def plan(
     schema = catalog.current_schema(using)
     tables = []
     for model in chosen:
-        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
+        with catalog.one_cursor(using):
+            table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
         if table_plan is None:
             if models_:
                 raise PartitionError(

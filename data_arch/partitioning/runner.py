@@ -176,16 +176,17 @@ class Runner:
                 using, schema = self.using, table.schema
                 # The fingerprint first, then what it covers: a change in between shows as a
                 # mismatch under the locks, never as a match.
-                mark = catalog.fingerprint(using, schema, table.table)
-                state = catalog.read_table(using, schema, table.table, table.column)
-                if mark is None or state is None:
-                    return None
-                known = Known(
-                    mark, state,
-                    catalog.referenced_tables(using, schema, table.table),
-                    catalog.row_security(using, schema, table.table),
-                    catalog.parent_carry(using, schema, table.table),
-                )
+                with catalog.one_cursor(using):
+                    mark = catalog.fingerprint(using, schema, table.table)
+                    state = catalog.read_table(using, schema, table.table, table.column)
+                    if mark is None or state is None:
+                        return None
+                    known = Known(
+                        mark, state,
+                        catalog.referenced_tables(using, schema, table.table),
+                        catalog.row_security(using, schema, table.table),
+                        catalog.parent_carry(using, schema, table.table),
+                    )
             self.known[key] = known
         return known
 
