@@ -7,6 +7,11 @@ each other — then sets ``lock_timeout``. Before a step that locks the parent, 
 milliseconds holds a lock on the tables involved (10 ms). A lock timeout (55P03) or a deadlock (40P01)
 rolls the whole step back, so nothing half-made is left, and the step is retried with backoff.
 A failing action is recorded and the run goes on with the next one.
+
+Consecutive plain months of a table (no rows of theirs in the default) are built from one read
+of the table (the plan's, else the run's own): each month's transaction checks that read
+against the catalog right after its locks and, on any difference, rolls back and builds the
+month from a fresh read.
 """
 
 from __future__ import annotations
@@ -123,9 +128,10 @@ class Known:
     """A table's catalog state and what its new months copy from the parent (foreign-key
     targets, row-level security, comment, identity), read once and reused by the run's
     consecutive month creations on that table. Each of them compares ``fingerprint``
-    (:func:`sql.definition_fingerprint`, read before the rest) with the catalog under its
-    locks, which every change it covers must wait for: on any difference its transaction is
-    rolled back and the month is built again from a fresh read."""
+    (:func:`sql.definition_fingerprint`, read before the rest) with the catalog right after
+    taking its locks, which every change it covers (but another partition's storage
+    parameters) must wait for: on any difference its transaction is rolled back and the month
+    is built again from a fresh read."""
 
     fingerprint: str
     state: catalog.TableState

@@ -147,7 +147,8 @@ def definition_fingerprint(schema: str, table: str, ours: list[str]) -> tuple[st
     partitions (bounds, pending detach, kind, storage parameters), except ``ours`` (the ones
     this run attached), the tables the foreign keys point at, row-level security and its
     policies, the comment, the identity columns and their sequences. Read under the parent's
-    lock (which every one of those changes takes), it is stable until the transaction ends."""
+    lock (which each of those changes takes, but a partition's new storage parameters), it is
+    stable until the transaction ends."""
     statement = (
         "SELECT md5(concat("
         "(SELECT string_agg(concat_ws(':', i.inhrelid, i.inhdetachpending, c.relkind, "
