@@ -149,23 +149,25 @@ def definition_fingerprint(schema: str, table: str, ours: list[str]) -> tuple[st
     policies, the comment, the identity columns and their sequences. Read under the parent's
     lock (which each of those changes takes, but a partition's new storage parameters), it is
     stable until the transaction ends."""
+    # Rows and arrays printed as text quote what they hold: no two catalog states print alike.
     statement = (
-        "SELECT md5(concat("
-        "(SELECT string_agg(concat_ws(':', i.inhrelid, i.inhdetachpending, c.relkind, "
-        "c.relname, c.relpartbound::text, c.reloptions::text), ',' ORDER BY i.inhrelid) "
+        "SELECT md5(ROW("
+        "(SELECT array_agg(ROW(i.inhrelid, i.inhdetachpending, c.relkind, c.relname, "
+        "c.relpartbound::text, c.reloptions) ORDER BY i.inhrelid) "
         "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = p.oid "
-        "AND c.relname <> ALL(%s::text[])), '|', "
-        "(SELECT string_agg(DISTINCT k.confrelid::text, ',') FROM pg_constraint k "
-        "WHERE k.conrelid = p.oid AND k.contype = 'f'), '|', "
-        "p.relrowsecurity, '|', p.relforcerowsecurity, '|', "
-        "(SELECT string_agg(concat_ws(':', o.oid, o.polname, o.polcmd, o.polpermissive, "
-        "o.polroles::text, o.polqual::text, o.polwithcheck::text), ',' ORDER BY o.oid) "
-        "FROM pg_policy o WHERE o.polrelid = p.oid), '|', "
-        "obj_description(p.oid, 'pg_class'), '|', "
-        "(SELECT string_agg(concat_ws(':', a.attnum, a.attname, a.attidentity, "
-        "pg_get_serial_sequence(%s, a.attname)), ',' ORDER BY a.attnum) FROM pg_attribute a "
+        "AND c.relname <> ALL(%s::text[])), "
+        "(SELECT array_agg(DISTINCT k.confrelid ORDER BY k.confrelid) FROM pg_constraint k "
+        "WHERE k.conrelid = p.oid AND k.contype = 'f'), "
+        "p.relrowsecurity, p.relforcerowsecurity, "
+        "(SELECT array_agg(ROW(o.oid, o.polname, o.polcmd, o.polpermissive, o.polroles, "
+        "o.polqual::text, o.polwithcheck::text) ORDER BY o.oid) "
+        "FROM pg_policy o WHERE o.polrelid = p.oid), "
+        "obj_description(p.oid, 'pg_class'), "
+        "(SELECT array_agg(ROW(a.attnum, a.attname, a.attidentity, "
+        "pg_get_serial_sequence(%s, a.attname)) ORDER BY a.attnum) FROM pg_attribute a "
         "WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped "
-        "AND a.attidentity <> ''))) FROM pg_class p WHERE p.oid = to_regclass(%s)"
+        "AND a.attidentity <> '')"
+        ")::text) FROM pg_class p WHERE p.oid = to_regclass(%s)"
     )
     return statement, [list(ours), qualified(schema, table), qualified(schema, table)]
 
