@@ -6,10 +6,14 @@ the reading transaction; partition names are never interpreted.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import itertools
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from django.db import connections, transaction
 
@@ -18,6 +22,35 @@ from data_arch.partitioning import sql
 __all__ = ["Partition", "TableState", "read_table"]
 
 _BOUND_RE = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)\s*$")
+
+
+#: per database alias, the cursor that catalog reads share inside :func:`one_cursor`
+_SHARED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "data_arch_catalog_cursor", default=None
+)
+
+
+@contextlib.contextmanager
+def one_cursor(using: str) -> Iterator[None]:
+    """The catalog reads made inside share one cursor of ``using``: with django-tenants, each
+    new cursor costs a round trip of its own (``SET search_path``)."""
+    shared = _SHARED.get() or {}
+    if using in shared:
+        yield
+        return
+    with connections[using].cursor() as cursor:
+        token = _SHARED.set({**shared, using: cursor})
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
+
+
+def _cursor(using: str) -> Any:
+    shared = _SHARED.get()
+    if shared and using in shared:
+        return contextlib.nullcontext(shared[using])
+    return connections[using].cursor()
 
 
 #: Where a lower bound above every month (``'infinity'``, MAXVALUE, past year 9999: PostgreSQL
@@ -41,6 +74,8 @@ class Partition:
     detach_pending: bool = False
     #: the bounds as PostgreSQL prints them (``MINVALUE``, ``'infinity'``, ...); None: DEFAULT
     bounds: tuple[str, str] | None = None
+    #: storage parameters (``pg_class.reloptions``), as :func:`read_table` found them
+    reloptions: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +222,7 @@ def behind_pooler(using: str) -> bool:
 
 
 def table_oid(using: str, schema: str, table: str) -> tuple[int, bool] | None:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT c.oid, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
@@ -204,7 +239,7 @@ def ranges(using: str, schema: str, table: str) -> tuple[list[Partition], bool] 
     found = table_oid(using, schema, table)
     if found is None or not found[1]:
         return None
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with transaction.atomic(using=using), _cursor(using) as cursor:
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
@@ -232,20 +267,20 @@ def read_table(
         return None
     oid, partitioned = found
     partitions: list[Partition] = []
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with transaction.atomic(using=using), _cursor(using) as cursor:
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
-            "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending "
+            "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending, c.reloptions "
             "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
             [oid],
         )
-        for name, bound, size, rows, kind, pending in cursor.fetchall():
+        for name, bound, size, rows, kind, pending, options in cursor.fetchall():
             is_default, start, end = parse_bounds(bound)
             partitions.append(
                 Partition(
                     name, start, end, is_default, size, rows, kind, bool(pending),
-                    None if is_default else bound_texts(bound),
+                    None if is_default else bound_texts(bound), tuple(options or ()),
                 )
             )
         default = next((p for p in partitions if p.is_default), None)
@@ -283,7 +318,7 @@ def default_row_months(
     using: str, schema: str, default: str, column: str
 ) -> dict[dt.datetime, int]:
     """Rows in the default partition grouped by UTC month."""
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with transaction.atomic(using=using), _cursor(using) as cursor:
         cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             f"SELECT date_trunc('month', {sql.quote(column)}), count(*) FROM "
@@ -294,7 +329,7 @@ def default_row_months(
 
 
 def columns(using: str, schema: str, table: str) -> list[str]:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
@@ -305,7 +340,7 @@ def columns(using: str, schema: str, table: str) -> list[str]:
 
 
 def primary_key_columns(using: str, schema: str, table: str) -> list[str]:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
             "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary "
@@ -320,7 +355,7 @@ def referenced_tables(using: str, schema: str, table: str) -> list[str]:
 
     ATTACH validates the new partition's foreign keys and so locks these tables too.
     """
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT DISTINCT c.confrelid, n.nspname, r.relname FROM pg_constraint c "
             "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace "
@@ -333,7 +368,7 @@ def referenced_tables(using: str, schema: str, table: str) -> list[str]:
 
 def foreign_keys(using: str, schema: str, table: str) -> list[str]:
     """Names of the foreign-key constraints a (detached) table carries."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f' "
             "ORDER BY conname",
@@ -344,7 +379,7 @@ def foreign_keys(using: str, schema: str, table: str) -> list[str]:
 
 def relation(using: str, schema: str, name: str) -> tuple[str, bool] | None:
     """(relkind, relispartition) of ``schema.name``, or None when no relation has that name."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
@@ -354,9 +389,22 @@ def relation(using: str, schema: str, name: str) -> tuple[str, bool] | None:
     return (row[0], row[1]) if row else None
 
 
+def relations(using: str, schema: str, names: list[str]) -> dict[str, tuple[str, bool]]:
+    """:func:`relation` of each of ``names`` that some relation has, in one round trip."""
+    if not names:
+        return {}
+    with _cursor(using) as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.relkind, c.relispartition FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            [schema, list(names)],
+        )
+        return {name: (kind, is_partition) for name, kind, is_partition in cursor.fetchall()}
+
+
 def column_signature(using: str, schema: str, table: str) -> list[tuple[str, str, str, bool]]:
     """(name, type, generated, not null) per live column: what a staging table must match."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated, a.attnotnull "
             "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
@@ -367,7 +415,7 @@ def column_signature(using: str, schema: str, table: str) -> list[tuple[str, str
 
 
 def has_constraint(using: str, schema: str, table: str, name: str) -> bool:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
             [sql.qualified(schema, table), name],
@@ -376,7 +424,7 @@ def has_constraint(using: str, schema: str, table: str, name: str) -> bool:
 
 
 def has_trigger(using: str, schema: str, table: str, name: str) -> bool:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
             [sql.qualified(schema, table), name],
@@ -396,7 +444,7 @@ def staging_tables(using: str, schema: str, table: str) -> list[StagingTable]:
     """Standalone tables named like the table's partitions that still carry the bounds CHECK."""
     prefix = sql.partition_name(table, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))[: -len("2000_01")]
     found = []
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT c.relispartition "
@@ -414,7 +462,7 @@ def staging_tables(using: str, schema: str, table: str) -> list[StagingTable]:
 
 def dependent_objects(using: str, schema: str, name: str) -> list[str]:
     """Views and other objects that depend on ``schema.name`` (a DROP without CASCADE fails)."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
             "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
@@ -428,7 +476,7 @@ def dependent_objects(using: str, schema: str, name: str) -> list[str]:
 def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[str, str]]:
     """(name, definition) of the parent's own foreign keys, as ``pg_get_constraintdef`` prints
     them for the current search_path."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = %s::regclass AND contype = 'f' AND conparentid = 0 ORDER BY conname",
@@ -448,7 +496,7 @@ class RowSecurity:
 
 
 def row_security(using: str, schema: str, table: str) -> RowSecurity:
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
             [sql.qualified(schema, table)],
@@ -469,7 +517,7 @@ def row_security(using: str, schema: str, table: str) -> RowSecurity:
 def partitions_without_row_security(using: str, schema: str, table: str) -> list[str]:
     """Partitions that lack the row-level security their parent has (read directly, they would
     show every tenant's rows)."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhparent = %s::regclass "
@@ -494,38 +542,75 @@ class Carried:
     identity: tuple[tuple[str, str], ...] = ()
 
 
-def carried(using: str, schema: str, table: str, state: TableState, start: dt.datetime) -> Carried:
+def parent_carry(
+    using: str, schema: str, table: str
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The parts of :class:`Carried` that come from the parent: its comment and its identity
+    columns (PostgreSQL < 17), in one round trip."""
+    with _cursor(using) as cursor:
+        if connections[using].pg_version < 170000:
+            cursor.execute(
+                "SELECT obj_description(%s::regclass, 'pg_class'), ARRAY(SELECT ARRAY[a.attname, "
+                "pg_get_serial_sequence(%s, a.attname)] FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND a.attidentity <> '' ORDER BY a.attnum)",
+                [sql.qualified(schema, table)] * 3,
+            )
+            comment, pairs = cursor.fetchone()
+            identity = tuple((name, sequence) for name, sequence in pairs or () if sequence)
+        else:
+            cursor.execute(
+                "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
+            )
+            comment, identity = cursor.fetchone()[0], ()
+    return comment, identity
+
+
+def carried(
+    using: str,
+    schema: str,
+    table: str,
+    state: TableState,
+    start: dt.datetime,
+    parent: tuple[str | None, tuple[tuple[str, str], ...]] | None = None,
+) -> Carried:
+    """What a new partition of [start, ...) takes over. ``parent``: :func:`parent_carry` of
+    the table, when already read; the storage parameters come from ``state`` (read_table)."""
     ordinary = [p for p in state.ranged if p.kind == "r" and p.start is not None]
     before = [p for p in ordinary if p.start <= start]
     nearest = before[-1] if before else (ordinary[0] if ordinary else None)
-    with connections[using].cursor() as cursor:
-        reloptions: tuple[str, ...] = ()
-        if nearest is not None:
-            cursor.execute(
-                "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
-                [sql.qualified(schema, nearest.name)],
-            )
-            reloptions = tuple(cursor.fetchone()[0] or ())
-        cursor.execute(
-            "SELECT obj_description(%s::regclass, 'pg_class')", [sql.qualified(schema, table)]
-        )
-        comment = cursor.fetchone()[0]
-        identity: tuple[tuple[str, str], ...] = ()
-        if connections[using].pg_version < 170000:
-            cursor.execute(
-                "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-                "AND a.attidentity <> '' ORDER BY a.attnum",
-                [sql.qualified(schema, table), sql.qualified(schema, table)],
-            )
-            identity = tuple((name, sequence) for name, sequence in cursor.fetchall() if sequence)
+    reloptions = nearest.reloptions if nearest is not None else ()
+    comment, identity = parent if parent is not None else parent_carry(using, schema, table)
     return Carried(reloptions, comment, identity)
+
+
+def fingerprint(using: str, schema: str, table: str) -> str | None:
+    """:func:`sql.definition_fingerprint` of ``schema.table`` now; None when it does not exist.
+    Read it before what it covers (a change in between then shows as a mismatch later)."""
+    statement, params = sql.definition_fingerprint(schema, table, [])
+    with _cursor(using) as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What new months of a table are built from, as one read found it: ``fingerprint``
+    (read first), the table's state, its foreign-key targets, row-level security, and
+    :func:`parent_carry`."""
+
+    fingerprint: str
+    state: TableState
+    referenced: tuple[str, ...]
+    row_security: RowSecurity
+    parent: tuple[str | None, tuple[tuple[str, str], ...]]
 
 
 def recorders(using: str, schema: str, default: str) -> list[str]:
     """Recorder triggers of apply runs on ``default``: a run removes its own when it ends; one
     still there with no apply running was left by a run that was killed."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE %s "
             "ORDER BY 1",
@@ -538,7 +623,7 @@ def swap_leftovers(using: str, schema: str, table: str) -> tuple[list[str], list
     """What a run killed between a shared swap and its clean-up left on attached partitions:
     (partitions still carrying their bounds CHECK, partitions whose change capture is still
     there)."""
-    with connections[using].cursor() as cursor:
+    with _cursor(using) as cursor:
         cursor.execute(
             "SELECT c.relname, k.conname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c' "

@@ -125,6 +125,9 @@ class TablePlan:
     columns: tuple[str, ...] = ()
     #: the problems that keep an action from being planned (apply reports them as failures)
     blocked: tuple[str, ...] = ()
+    #: what the plan's new months were built from; apply starts from it, checking it against
+    #: the catalog under each month's locks (not part of the plan's output)
+    read: catalog.Snapshot | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def step_labels(self) -> list[str]:
         """Every step of the table's actions, in the order ``apply`` runs them, labelled as
@@ -569,6 +572,7 @@ def _table_plan(
     assert isinstance(declared, MonthlyPartitioning)
     table = model._meta.db_table
     column = model._meta.get_field(declared.field).column
+    mark = catalog.fingerprint(using, schema, table)  # before what it covers
     state = catalog.read_table(using, schema, table, column)
     if state is None:
         return None
@@ -624,6 +628,12 @@ def _table_plan(
     # (which every ATTACH scans under lock) already empty.
     drains: list[Action] = []
     creates: list[Action] = []
+    parent: tuple[str | None, tuple[tuple[str, str], ...]] | None = None  # read once, if needed
+    taken = catalog.relations(
+        using, schema,
+        [sql.partition_name(table, start) for start in months
+         if not state.covers(start, add_months(start, 1))],
+    )
     for start in sorted(months):
         end = add_months(start, 1)
         if state.covers(start, end):
@@ -635,7 +645,7 @@ def _table_plan(
                 f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"
             )
             continue
-        clash = _name_clash(using, schema, table, name)
+        clash = _clash(using, schema, table, name, taken.get(name))
         if clash:
             fresh = catalog.read_table(using, schema, table, column)
             if fresh is not None and fresh.covers(start, end):
@@ -643,7 +653,9 @@ def _table_plan(
             problems.append(clash)
             continue
         drain = bool(in_default.get(start))
-        carried = catalog.carried(using, schema, table, state, start)
+        if parent is None:
+            parent = catalog.parent_carry(using, schema, table)
+        carried = catalog.carried(using, schema, table, state, start, parent)
         steps = create_steps(
             schema, table, name, column, start, end, default, list(referenced),
             catalog.primary_key_columns(using, schema, table) if drain else [],
@@ -727,6 +739,11 @@ def _table_plan(
         referenced=referenced,
         default=default,
         columns=tuple(catalog.columns(using, schema, table)),
+        read=(
+            catalog.Snapshot(mark, state, referenced, security, parent)
+            if mark is not None and parent is not None
+            else None
+        ),
     )
 
 
@@ -789,9 +806,11 @@ def _drain_actions(
     return [record, *copied, swap_action]
 
 
-def _name_clash(using: str, schema: str, table: str, name: str) -> str | None:
-    """Why ``name`` cannot be used for a new month's partition, or None when it can."""
-    found = catalog.relation(using, schema, name)
+def _clash(
+    using: str, schema: str, table: str, name: str, found: tuple[str, bool] | None
+) -> str | None:
+    """Why ``name`` cannot be used for a new month's partition, or None when it can;
+    ``found``: :func:`catalog.relation` of ``name``."""
     if found is None:
         return None
     kind, is_partition = found
@@ -836,7 +855,8 @@ def plan(
     schema = catalog.current_schema(using)
     tables = []
     for model in chosen:
-        table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
+        with catalog.one_cursor(using):
+            table_plan = _table_plan(model, using, schema, now, settings, ahead, retain, cascade)
         if table_plan is None:
             if models_:
                 raise PartitionError(

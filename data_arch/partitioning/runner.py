@@ -7,10 +7,16 @@ each other — then sets ``lock_timeout``. Before a step that locks the parent, 
 milliseconds holds a lock on the tables involved (10 ms). A lock timeout (55P03) or a deadlock (40P01)
 rolls the whole step back, so nothing half-made is left, and the step is retried with backoff.
 A failing action is recorded and the run goes on with the next one.
+
+Consecutive plain months of a table (no rows of theirs in the default) are built from one read
+of the table (the plan's, else the run's own): each month's transaction checks that read
+against the catalog right after its locks and, on any difference, rolls back and builds the
+month from a fresh read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -29,7 +35,7 @@ from data_arch.partitioning.plan import (
     Plan,
     Step,
     TablePlan,
-    _name_clash,
+    _clash,
     clean_up_transactions,
     create_steps,
     detach_concurrently,
@@ -107,12 +113,33 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-_QUIET_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+#: whether a transaction older than %s ms holds a lock on one of the relations %s
+_BUSY = (
+    "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() "
     "AND l.relation = ANY(%s::text[]::regclass[]) "
     "AND a.xact_start < clock_timestamp() - %s * interval '1 millisecond')"
 )
+_QUIET_SQL = f"SELECT {_BUSY}"
+
+
+@dataclasses.dataclass
+class Known:
+    """A table's catalog state and what its new months copy from the parent (foreign-key
+    targets, row-level security, comment, identity), read once and reused by the run's
+    consecutive month creations on that table. Each of them compares ``fingerprint``
+    (:func:`sql.definition_fingerprint`, read before the rest) with the catalog right after
+    taking its locks, which every change it covers (but another partition's storage
+    parameters) must wait for: on any difference its transaction is rolled back and the month
+    is built again from a fresh read."""
+
+    fingerprint: str
+    state: catalog.TableState
+    referenced: list[str]
+    row_security: catalog.RowSecurity
+    parent: tuple[str | None, tuple[tuple[str, str], ...]]
+    #: months this run attached since the read (left out of the fingerprint)
+    attached: list[str] = dataclasses.field(default_factory=list)
 
 
 class Runner:
@@ -133,6 +160,46 @@ class Runner:
         self.token = uuid.uuid4().hex[:8]
         #: the default this run's recorder is installed on, while it is
         self.recording: str | None = None
+        #: per (schema, table): what its month creations are built from (:meth:`known_of`)
+        self.known: dict[tuple[str, str], Known] = {}
+        #: tables whose plan's read (``TablePlan.read``) no longer serves
+        self.spent: set[tuple[str, str]] = set()
+
+    def known_of(self, table: TablePlan) -> Known | None:
+        """What the table's months are built from, read once for the run's consecutive month
+        creations (see :class:`Known`); None when the table is gone."""
+        key = (table.schema, table.table)
+        known = self.known.get(key)
+        if known is None:
+            read = table.read if key not in self.spent else None
+            self.spent.add(key)  # the plan's read serves only the run's first months
+            if read is not None:
+                known = Known(
+                    read.fingerprint, read.state, list(read.referenced), read.row_security,
+                    read.parent,
+                )
+            else:
+                using, schema = self.using, table.schema
+                # The fingerprint first, then what it covers: a change in between shows as a
+                # mismatch under the locks, never as a match.
+                with catalog.one_cursor(using):
+                    mark = catalog.fingerprint(using, schema, table.table)
+                    state = catalog.read_table(using, schema, table.table, table.column)
+                    if mark is None or state is None:
+                        return None
+                    known = Known(
+                        mark, state,
+                        catalog.referenced_tables(using, schema, table.table),
+                        catalog.row_security(using, schema, table.table),
+                        catalog.parent_carry(using, schema, table.table),
+                    )
+            self.known[key] = known
+        return known
+
+    def forget(self, table: TablePlan) -> None:
+        key = (table.schema, table.table)
+        self.known.pop(key, None)
+        self.spent.add(key)
 
     def ran(self, table: TablePlan, step: str, target: str) -> None:
         self.result.steps.append(f"{table.schema}.{table.table}: {step} {target}")
@@ -159,7 +226,13 @@ class Runner:
                 self.result.lock_retries += 1
                 self.sleep(min(0.05 * 2 ** (attempt - 1), 2.0) * (0.5 + random.random()))
 
-    def wait_for_quiet(self, relations: list[str], budget: list[float] | None = None) -> None:
+    def young_ms(self) -> int:
+        """How old a transaction holding a lock must be for :meth:`wait_for_quiet` to wait."""
+        return min(10, self.settings.lock_timeout_ms // 2)
+
+    def wait_for_quiet(
+        self, relations: list[str], budget: list[float] | None = None, cursor: Any = None
+    ) -> None:
         """Wait, holding no lock, until no long transaction holds a lock on ``relations``.
 
         A lock request queues everyone who comes after it; waiting here instead keeps writers
@@ -171,13 +244,15 @@ class Runner:
         """
         if budget is None:
             budget = [self.quiet_budget()]
-        young_ms = min(10, self.settings.lock_timeout_ms // 2)
         started = time.monotonic()
         try:
-            with connections[self.using].cursor() as cursor:
+            with (
+                connections[self.using].cursor() if cursor is None
+                else contextlib.nullcontext(cursor)
+            ) as probe:
                 while True:
-                    cursor.execute(_QUIET_SQL, [relations, young_ms])
-                    if not cursor.fetchone()[0] or time.monotonic() - started >= budget[0]:
+                    probe.execute(_QUIET_SQL, [relations, self.young_ms()])
+                    if not probe.fetchone()[0] or time.monotonic() - started >= budget[0]:
                         return
                     time.sleep(0.01)
         finally:
@@ -192,44 +267,28 @@ class Runner:
         table: str,
         statements: list[str | Callable[[Any], None]],
         quiet: list[str] | None = None,
+        probed: bool = False,
+        cursor: Any = None,
     ) -> int:
         """Run ``statements`` in one transaction under the table's try-lock and lock_timeout.
 
         Returns the row count of the last statement. Retries lock timeouts, deadlocks and a
         busy try-lock; each attempt starts from a clean state (the failed one rolled back).
+        ``probed``: the caller has just found ``quiet`` quiet (holding nothing), so the first
+        attempt does not wait again. ``cursor``: one of the caller's, used outside any
+        transaction (else each attempt opens its own).
         """
         attempts = self.settings.lock_retries
         budget = [self.quiet_budget()]
         for attempt in range(1, attempts + 1):
-            if quiet:
-                self.wait_for_quiet(quiet, budget)
             try:
-                with transaction.atomic(using=self.using), connections[
-                    self.using
-                ].cursor() as cursor:
-                    cursor.execute(sql.try_table_lock(schema, table))
-                    if not cursor.fetchone()[0]:
-                        raise MaintenanceBusy(
-                            f"another run holds the maintenance lock of {schema}.{table}"
-                        )
-                    cursor.execute(sql.lock_timeout(self.settings.lock_timeout_ms))
-                    count = 0
-                    started = time.perf_counter()
-                    for statement in statements:
-                        began = time.perf_counter()
-                        if callable(statement):
-                            statement(cursor)
-                        else:
-                            cursor.execute(statement)
-                            count = cursor.rowcount
-                        spent = (time.perf_counter() - began) * 1000
-                        if spent >= 20:
-                            logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
-                                         getattr(statement, "__name__", statement))
-                    logger.debug(
-                        "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
-                        len(statements), (time.perf_counter() - started) * 1000,
-                    )
+                with (
+                    connections[self.using].cursor() if cursor is None
+                    else contextlib.nullcontext(cursor)
+                ) as on:
+                    if quiet and not (probed and attempt == 1):
+                        self.wait_for_quiet(quiet, budget, on)  # before the transaction
+                    count = self._attempt(on, schema, table, statements)
                 return count
             except MaintenanceBusy:
                 if attempt == attempts:
@@ -243,6 +302,37 @@ class Runner:
                         attempt, delay)
             self.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _attempt(
+        self, cursor: Any, schema: str, table: str, statements: list[str | Callable[[Any], None]]
+    ) -> int:
+        """One attempt of :meth:`transaction`, on ``cursor``."""
+        with transaction.atomic(using=self.using):
+            cursor.execute(sql.try_table_lock_with_timeout(
+                schema, table, self.settings.lock_timeout_ms
+            ))
+            if not cursor.fetchone()[0]:
+                raise MaintenanceBusy(
+                    f"another run holds the maintenance lock of {schema}.{table}"
+                )
+            count = 0
+            started = time.perf_counter()
+            for statement in statements:
+                began = time.perf_counter()
+                if callable(statement):
+                    statement(cursor)
+                else:
+                    cursor.execute(statement)
+                    count = cursor.rowcount
+                spent = (time.perf_counter() - began) * 1000
+                if spent >= 20:
+                    logger.debug("%s.%s: %.1f ms in %.200s", schema, table, spent,
+                                 getattr(statement, "__name__", statement))
+            logger.debug(
+                "%s.%s: step of %s statement(s) ran in %.1f ms", schema, table,
+                len(statements), (time.perf_counter() - started) * 1000,
+            )
+        return count
 
     def bare(self, statement: str) -> None:
         """One statement outside a transaction block (``DETACH ... CONCURRENTLY``)."""
@@ -320,6 +410,8 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
         runner.pending = None
         try:
             for action in table.actions:
+                if action.kind != "create" or action.default_rows:
+                    runner.forget(table)  # the reused read is for plain month creations only
                 try:
                     if action.kind == "clean_up":
                         try:
@@ -353,6 +445,7 @@ def apply(the_plan: Plan, *, on_progress: Callable[[str], None] | None = None) -
                 swap_pending(table, ())
         finally:
             runner.pending = None
+            runner.forget(table)
             try:
                 runner.drop_recorder(table.schema, table.table)
             except (DatabaseError, MaintenanceError) as exc:
@@ -480,6 +573,11 @@ def _swap_together(
 
 
 def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
+    if action.kind == "create" and not action.default_rows:
+        known = runner.known_of(table)
+        if known is None:
+            return False
+        return _create(runner, table, action, known.state, known)
     state = catalog.read_table(runner.using, table.schema, table.table, table.column)
     if state is None:
         return False
@@ -496,14 +594,33 @@ def _count_in_default(cursor: Any, schema: str, default: str, column: str, actio
     return cursor.fetchone()[0]
 
 
-def _create(runner: Runner, table: TablePlan, action: Action, state: catalog.TableState) -> bool:
+def _create(
+    runner: Runner,
+    table: TablePlan,
+    action: Action,
+    state: catalog.TableState,
+    known: Known | None = None,
+) -> bool:
+    """Create one month; ``known``: first try to build it from the run's earlier read (see
+    :class:`Known`). Whatever that path cannot decide on its own goes to one that reads the
+    catalog afresh."""
+    if known is not None:
+        try:
+            return _create_from(runner, table, action, known)
+        except _Changed:
+            runner.forget(table)
+            fresh = catalog.read_table(runner.using, table.schema, table.table, table.column)
+            if fresh is None:
+                return False
+            state = fresh
     for _ in range(5):
         try:
             return _create_once(runner, table, action, state)
         except _Changed:
-            state = catalog.read_table(runner.using, table.schema, table.table, table.column)
-            if state is None:
+            fresh = catalog.read_table(runner.using, table.schema, table.table, table.column)
+            if fresh is None:
                 return False
+            state = fresh
     raise MaintenanceError(f"{action.partition} kept changing under a concurrent run")
 
 
@@ -523,6 +640,112 @@ def _guard(schema: str, name: str, exists: bool) -> Callable[[Any], None]:
     return check
 
 
+def _joined(statements: list[Any]) -> list[Any]:
+    """Consecutive SQL strings sent as one (PostgreSQL runs them in turn, each under the
+    transaction's lock_timeout, and the first error aborts the transaction): one round trip."""
+    out: list[Any] = []
+    for statement in statements:
+        if isinstance(statement, str) and out and isinstance(out[-1], str):
+            out[-1] = f"{out[-1]};\n{statement}"
+        else:
+            out.append(statement)
+    return out
+
+
+def _verbatim(text: str) -> str:
+    """``text`` (identifiers, literals) inside a statement that also takes parameters."""
+    return text.replace("%", "%%")
+
+
+def _create_from(runner: Runner, table: TablePlan, action: Action, known: Known) -> bool:
+    """The plain month (no rows of it in the default, its name free), built from ``known``.
+
+    Before the transaction, holding nothing, one statement asks whether the name is taken,
+    whether the default holds rows of the month and whether the tables are quiet. In the
+    transaction, CREATE TABLE itself fails if the name was taken since; right after the
+    locks, one statement checks the default again and compares the fingerprint. Raises
+    :class:`_Changed` (nothing left behind) for anything else: a month the read says is done
+    or overlapped, a taken name, rows to drain, a catalog that no longer matches the read.
+    """
+    using, schema, name = runner.using, table.schema, action.partition
+    state = known.state
+    if state.overlaps(action.start, action.end):
+        raise _Changed  # done or overlapped: decided on a fresh read
+    default = state.default.name if state.default else None
+    quiet = [*known.referenced, sql.qualified(schema, table.table)]
+    if default:
+        quiet.append(sql.qualified(schema, default))
+    rows_of_month = (
+        f"EXISTS (SELECT 1 FROM {sql.qualified(schema, default)} WHERE "
+        f"{sql.quote(table.column)} >= {sql.literal(action.start)} AND "
+        f"{sql.quote(table.column)} < {sql.literal(action.end)})"
+        if default else "false"
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE n.nspname = %s AND c.relname = %s), "
+            f"{_verbatim(rows_of_month)}, {_BUSY}",
+            [schema, name, quiet, runner.young_ms()],
+        )
+        taken, rows, busy = cursor.fetchone()
+        if taken or rows:
+            raise _Changed  # a staged or clashing table, or rows to drain: the path that reads
+        _build_from(runner, table, action, known, default, rows_of_month, quiet, busy, cursor)
+    return True
+
+
+def _build_from(
+    runner: Runner,
+    table: TablePlan,
+    action: Action,
+    known: Known,
+    default: str | None,
+    rows_of_month: str,
+    quiet: list[str],
+    busy: bool,
+    cursor: Any,
+) -> None:
+    """The transaction of :func:`_create_from`, on the cursor of its read."""
+    using, schema, name = runner.using, table.schema, action.partition
+    state = known.state
+    carried = catalog.carried(using, schema, table.table, state, action.start, known.parent)
+    steps = create_steps(
+        schema, table.table, name, table.column, action.start, action.end, default,
+        known.referenced, [], [], runner.settings.drain_batch_size, drain=False, staged=False,
+        row_security=known.row_security, carried=carried,
+    )
+
+    def under_the_locks(on: Any) -> None:
+        fingerprint, params = sql.definition_fingerprint(schema, table.table, known.attached)
+        on.execute(f"SELECT {_verbatim(rows_of_month)}, ({fingerprint})", params)
+        stragglers, now = on.fetchone()
+        if stragglers or now != known.fingerprint:
+            raise _Changed
+
+    statements: list[Any] = list(steps[0].statements)
+    # Right after the locks: a row that reached the default since the read above, and
+    # whether the catalog still matches the run's read of it.
+    statements.insert(len(statements) - 2, under_the_locks)
+    try:
+        runner.transaction(
+            schema, table.table, _joined(statements), quiet, probed=not busy, cursor=cursor
+        )
+    except DatabaseError as exc:
+        if sqlstate(exc) == "42P07":  # duplicate_table: the name was taken since the read
+            raise _Changed from None
+        raise
+    runner.ran(table, steps[0].name, name)
+    known.attached.append(name)
+    known.state = dataclasses.replace(
+        state,
+        partitions=(
+            *state.partitions,
+            catalog.Partition(name, action.start, action.end, reloptions=carried.reloptions),
+        ),
+    )
+
+
 def _create_once(
     runner: Runner, table: TablePlan, action: Action, state: catalog.TableState
 ) -> bool:
@@ -532,7 +755,7 @@ def _create_once(
     if state.overlaps(action.start, action.end):
         raise MaintenanceError(f"a partition now overlaps [{action.start:%Y-%m-%d}, "
                                f"{action.end:%Y-%m-%d})")
-    clash = _name_clash(using, schema, table.table, name)
+    clash = _clash(using, schema, table.table, name, catalog.relation(using, schema, name))
     if clash:
         fresh = catalog.read_table(using, schema, table.table, table.column)
         if fresh and any(p.start == action.start and p.end == action.end for p in fresh.ranged):

@@ -131,6 +131,47 @@ def try_table_lock(schema: str, table: str) -> str:
     return f"SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, {key})"
 
 
+def try_table_lock_with_timeout(schema: str, table: str, milliseconds: int) -> str:
+    """:func:`try_table_lock` and :func:`lock_timeout` in one round trip: the transaction-local
+    lock_timeout is set whatever the try-lock answers (a busy table's transaction is rolled
+    back, and the setting with it)."""
+    key = zlib.crc32(f"{schema}.{table}".encode()) - 2**31
+    return (
+        f"SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, {key}), "
+        f"set_config('lock_timeout', '{int(milliseconds)}ms', true)"
+    )
+
+
+def definition_fingerprint(schema: str, table: str, ours: list[str]) -> tuple[str, list]:
+    """One value that changes whenever something a new month is built from changes: the
+    partitions (bounds, pending detach, kind, storage parameters), except ``ours`` (the ones
+    this run attached), the tables the foreign keys point at, row-level security and its
+    policies, the comment, the identity columns and their sequences. Read under the parent's
+    lock (which each of those changes takes, but a partition's new storage parameters), it is
+    stable until the transaction ends."""
+    # Rows and arrays printed as text quote what they hold: no two catalog states print alike.
+    statement = (
+        "SELECT md5(ROW("
+        "(SELECT array_agg(ROW(i.inhrelid, i.inhdetachpending, c.relkind, c.relname, "
+        "c.relpartbound::text, c.reloptions) ORDER BY i.inhrelid) "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = p.oid "
+        "AND c.relname <> ALL(%s::text[])), "
+        "(SELECT array_agg(DISTINCT k.confrelid ORDER BY k.confrelid) FROM pg_constraint k "
+        "WHERE k.conrelid = p.oid AND k.contype = 'f'), "
+        "p.relrowsecurity, p.relforcerowsecurity, "
+        "(SELECT array_agg(ROW(o.oid, o.polname, o.polcmd, o.polpermissive, o.polroles, "
+        "o.polqual::text, o.polwithcheck::text) ORDER BY o.oid) "
+        "FROM pg_policy o WHERE o.polrelid = p.oid), "
+        "obj_description(p.oid, 'pg_class'), "
+        "(SELECT array_agg(ROW(a.attnum, a.attname, a.attidentity, "
+        "pg_get_serial_sequence(%s, a.attname)) ORDER BY a.attnum) FROM pg_attribute a "
+        "WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND a.attidentity <> '')"
+        ")::text) FROM pg_class p WHERE p.oid = to_regclass(%s)"
+    )
+    return statement, [list(ours), qualified(schema, table), qualified(schema, table)]
+
+
 def lock_in_dml_order(
     schema: str, parent: str, default: str | None, referenced: list[str], parent_mode: str
 ) -> list[str]:
