@@ -7,21 +7,23 @@ from tests.factories import ClientFactory
 TENANT_SCHEMAS = ("tenant_a", "tenant_b")
 
 # pytest-django creates the test databases the collected tests ask for, which it reads from
-# their django_db marker or db/transactional_db fixture. The partition tests use
-# tests/partitioning's committed_db instead (maintenance commits once per partition, so no
-# wrapping transaction): alone, a module of them asked for no database, and ran against the
-# database of the settings, which is not migrated. Such a test asks for default and replica.
+# their django_db marker or db/transactional_db fixture. Tests that reach the database through
+# the session's tenant schemas or tests/partitioning's committed_db (maintenance commits once
+# per partition, so no wrapping transaction) carry neither: a module of them run alone asked
+# for no database and ran against the settings' own, unmigrated one. They ask for default and
+# replica.
 _databases_for_test = pytest_django.fixtures._get_databases_for_test
+_USE_THE_DATABASE = {"committed_db", "migrated_tenant_schemas"}
 
 
-def _databases_for_committed_db_tests(test):
+def _databases_including_fixture_users(test):
     databases, serialized = _databases_for_test(test)
-    if not databases and "committed_db" in getattr(test, "fixturenames", ()):
+    if not databases and _USE_THE_DATABASE & set(getattr(test, "fixturenames", ())):
         return ("default", "replica"), False
     return databases, serialized
 
 
-pytest_django.fixtures._get_databases_for_test = _databases_for_committed_db_tests
+pytest_django.fixtures._get_databases_for_test = _databases_including_fixture_users
 
 
 @pytest.fixture(scope="session")
