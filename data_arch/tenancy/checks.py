@@ -25,6 +25,12 @@ database settings):
 * W106 it reaches PostgreSQL through a pooler with the signed context on, and its sessions'
   statement text -- signed values included, which then name only the tenant -- is visible to
   its other sessions in pg_stat_activity (``track_activities`` on).
+
+Deployment check without a database (``manage.py check --deploy``):
+
+* W107 an alias uses django-tenants' backend with ``TENANT_LIMIT_SET_CALLS`` off: django-tenants
+  then sends a ``SET search_path`` round trip before every query, which changes nothing, since
+  data_arch sets the path with each statement for its own transaction.
 """
 
 from __future__ import annotations
@@ -239,6 +245,25 @@ def check_tenant_schemas(app_configs: Any = None, databases: Any = None, **kwarg
                 id="data_arch.E105",
             ))
     return messages
+
+
+@checks.register(deploy=True)
+def check_search_path_calls(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.conf import settings
+
+    if getattr(settings, "TENANT_LIMIT_SET_CALLS", False):
+        return []
+    aliases = [alias for alias in connections if hasattr(connections[alias], "set_schema")]
+    if not aliases:
+        return []
+    return [checks.Warning(
+        f"{', '.join(map(repr, aliases))} use(s) django-tenants' backend with "
+        "TENANT_LIMIT_SET_CALLS off: django-tenants sends SET search_path in a round trip of its "
+        "own before every query, though data_arch already sets the tenant's search_path with "
+        "each statement.",
+        hint="Set TENANT_LIMIT_SET_CALLS = True: django-tenants then sets the path only when a "
+        "connection's schema changes.",
+        id="data_arch.W107")]
 
 
 @checks.register(checks.Tags.database, deploy=True)

@@ -163,3 +163,14 @@ def test_a_tenant_schema_missing_a_table_public_also_has_is_an_error_of_check_da
     with pytest.raises(SystemCheckError, match="data_arch.E105") as raised:
         call_command("check", "--database", "default")
     assert "tenant_no_ct" in str(raised.value)
+
+
+def test_django_tenants_sending_search_path_before_every_query_is_a_deploy_warning(settings):
+    settings.TENANT_LIMIT_SET_CALLS = False
+    found = [m for m in checks.run_checks(include_deployment_checks=True) if m.id == "data_arch.W107"]
+    assert len(found) == 1
+    assert "'default'" in found[0].msg and "TENANT_LIMIT_SET_CALLS" in found[0].hint
+    settings.TENANT_LIMIT_SET_CALLS = True  # what the example project sets
+    assert "data_arch.W107" not in {
+        m.id for m in checks.run_checks(include_deployment_checks=True)
+    }
