@@ -460,17 +460,58 @@ def staging_tables(using: str, schema: str, table: str) -> list[StagingTable]:
     return found
 
 
+def dependents_query(relation: str) -> str:
+    """The views and other objects that depend on the relation whose oid is the SQL expression
+    ``relation``, one name a row (a DROP without CASCADE fails while there is any)."""
+    return (
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
+        "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+        f"WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = {relation} "
+        "AND v.oid <> d.refobjid ORDER BY 1"
+    )
+
+
 def dependent_objects(using: str, schema: str, name: str) -> list[str]:
     """Views and other objects that depend on ``schema.name`` (a DROP without CASCADE fails)."""
     with _cursor(using) as cursor:
-        cursor.execute(
-            "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
-            "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
-            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass "
-            "AND v.oid <> d.refobjid ORDER BY 1",
-            [sql.qualified(schema, name)],
-        )
+        cursor.execute(dependents_query("%s::regclass"), [sql.qualified(schema, name)])
         return [row[0] for row in cursor.fetchall()]
+
+
+def retired_partition(
+    cursor: Any, schema: str, table: str, name: str, young_ms: int
+) -> tuple[Partition, bool, list[str], list[str], bool] | None:
+    """What retiring the partition ``name`` of ``schema.table`` starts from, in one round
+    trip: the partition (None when it is no partition of the table, or the table is gone),
+    whether the table has a default partition, the partition's foreign keys, the objects that
+    depend on it, and whether a transaction older than ``young_ms`` holds a lock on the table
+    (as the runner's wait for quiet asks), on ``cursor``. The partition's bounds are not read
+    (retention needs its name and whether a detach of it is pending)."""
+    cursor.execute(
+        "SELECT x.pending, x.is_default, "
+        "EXISTS (SELECT 1 FROM pg_inherits di JOIN pg_class dc ON dc.oid = di.inhrelid "
+        "WHERE di.inhparent = p.oid AND pg_get_expr(dc.relpartbound, dc.oid) = 'DEFAULT'), "
+        "ARRAY(SELECT k.conname::text FROM pg_constraint k WHERE k.conrelid = x.oid "
+        "AND k.contype = 'f' ORDER BY k.conname), "
+        f"ARRAY({dependents_query('x.oid')}), "
+        "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() "
+        "AND l.relation = p.oid "
+        "AND a.xact_start < clock_timestamp() - %s * interval '1 millisecond') "
+        "FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace "
+        "JOIN LATERAL (SELECT c.oid, i.inhdetachpending AS pending, "
+        "pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = p.oid AND c.relname = %s AND c.relnamespace = pn.oid) x ON true "
+        "WHERE pn.nspname = %s AND p.relname = %s AND p.relkind IN ('r', 'p')",
+        [young_ms, name, schema, table],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    pending, is_default, has_default, fks, dependents, busy = row
+    partition = Partition(name, None, None, bool(is_default), detach_pending=bool(pending))
+    return partition, bool(has_default), list(fks), list(dependents), bool(busy)
 
 
 def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[str, str]]:
