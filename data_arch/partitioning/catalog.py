@@ -46,6 +46,17 @@ def one_cursor(using: str) -> Iterator[None]:
             _SHARED.reset(token)
 
 
+def _result_sets(cursor: Any) -> list[list[tuple]]:
+    """The rows of each statement of the last ``execute`` that returned any columns, in order
+    (several statements sent as one, without parameters)."""
+    sets = []
+    while True:
+        if cursor.description is not None:
+            sets.append(cursor.fetchall())
+        if not cursor.nextset():
+            return sets
+
+
 def _cursor(using: str) -> Any:
     shared = _SHARED.get()
     if shared and using in shared:
@@ -267,47 +278,50 @@ def read_table(
         return None
     oid, partitioned = found
     partitions: list[Partition] = []
-    with transaction.atomic(using=using), _cursor(using) as cursor:
-        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+    with _cursor(using) as cursor:
+        # No parameters, so several statements in one round trip; TimeZone set for their
+        # transaction (the statements' own, or the caller's) prints the bounds in UTC.
         cursor.execute(
+            "SELECT set_config('TimeZone', 'UTC', true);\n"
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
             "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending, c.reloptions "
-            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
-            [oid],
+            f"FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = {int(oid)}"
         )
-        for name, bound, size, rows, kind, pending, options in cursor.fetchall():
+        _, rows = _result_sets(cursor)
+        for name, bound, size, rows_, kind, pending, options in rows:
             is_default, start, end = parse_bounds(bound)
             partitions.append(
                 Partition(
-                    name, start, end, is_default, size, rows, kind, bool(pending),
+                    name, start, end, is_default, size, rows_, kind, bool(pending),
                     None if is_default else bound_texts(bound), tuple(options or ()),
                 )
             )
         default = next((p for p in partitions if p.is_default), None)
-        default_rows = 0
-        if default is not None:
-            cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, default.name)}")
-            default_rows = cursor.fetchone()[0]
-        # Partitioned indexes of the parent and, per partition, whether a child index is attached
-        # (a foreign table has no indexes of its own: not drift).
+        # The default's rows; partitioned indexes of the parent and, per partition, whether a
+        # child index is attached (a foreign table has no indexes of its own: not drift); the
+        # parent's indexes. One round trip.
+        counted = (
+            f"SELECT count(*) FROM {sql.qualified(schema, default.name)};\n"
+            if default is not None else ""
+        )
         cursor.execute(
+            f"{counted}"
             "SELECT pi.relname, part.relname FROM pg_index x "
             "JOIN pg_class pi ON pi.oid = x.indexrelid AND pi.relkind = 'I' "
             "CROSS JOIN pg_inherits ih JOIN pg_class part ON part.oid = ih.inhrelid "
             "AND part.relkind <> 'f' "
-            "WHERE x.indrelid = %(oid)s AND ih.inhparent = %(oid)s AND NOT EXISTS ("
+            f"WHERE x.indrelid = {int(oid)} AND ih.inhparent = {int(oid)} AND NOT EXISTS ("
             "  SELECT 1 FROM pg_inherits ii JOIN pg_index cx ON cx.indexrelid = ii.inhrelid "
-            "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid)",
-            {"oid": oid},
+            "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid);\n"
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            f"WHERE x.indrelid = {int(oid)}"
         )
+        sets = _result_sets(cursor)
+        default_rows = sets.pop(0)[0][0] if default is not None else 0
         drift: dict[str, list[str]] = {}
-        for index, partition in cursor.fetchall():
+        for index, partition in sets[0]:
             drift.setdefault(index, []).append(partition)
-        cursor.execute(
-            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = %s",
-            [oid],
-        )
-        present = {row[0] for row in cursor.fetchall()}
+        present = {row[0] for row in sets[1]}
     missing = sorted(set(declared_indexes or ()) - present)
     return TableState(
         schema, table, partitioned, tuple(partitions), default, default_rows, drift, missing
@@ -318,14 +332,16 @@ def default_row_months(
     using: str, schema: str, default: str, column: str
 ) -> dict[dt.datetime, int]:
     """Rows in the default partition grouped by UTC month."""
-    with transaction.atomic(using=using), _cursor(using) as cursor:
-        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+    with _cursor(using) as cursor:
+        # No parameters: one round trip, TimeZone set for its transaction (see read_table).
         cursor.execute(
+            "SELECT set_config('TimeZone', 'UTC', true);\n"
             f"SELECT date_trunc('month', {sql.quote(column)}), count(*) FROM "
             f"{sql.qualified(schema, default)} WHERE {sql.quote(column)} >= '0001-01-01+00' "
             f"AND {sql.quote(column)} < '9999-12-01+00' GROUP BY 1"
         )
-        return {month.astimezone(dt.UTC): count for month, count in cursor.fetchall()}
+        _, rows = _result_sets(cursor)
+        return {month.astimezone(dt.UTC): count for month, count in rows}
 
 
 def columns(using: str, schema: str, table: str) -> list[str]:
