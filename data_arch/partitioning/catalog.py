@@ -494,6 +494,25 @@ def dependent_objects(using: str, schema: str, name: str) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def retirement_reads(
+    using: str, schema: str, names: list[str]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Per table of ``names`` in ``schema``: the objects that depend on it
+    (:func:`dependent_objects`) and its foreign keys (:func:`foreign_keys`), in one round trip."""
+    if not names:
+        return {}
+    with _cursor(using) as cursor:
+        cursor.execute(
+            f"SELECT c.relname, ARRAY({dependents_query('c.oid')}), "
+            "ARRAY(SELECT k.conname::text FROM pg_constraint k WHERE k.conrelid = c.oid "
+            "AND k.contype = 'f' ORDER BY k.conname) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            [schema, list(names)],
+        )
+        return {name: (list(deps), list(fks)) for name, deps, fks in cursor.fetchall()}
+
+
 def retired_partition(
     cursor: Any, schema: str, table: str, name: str, young_ms: int
 ) -> tuple[Partition, bool, list[str], list[str], bool] | None:
