@@ -285,7 +285,8 @@ def read_table(
             "SELECT set_config('TimeZone', 'UTC', true);\n"
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
             "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending, c.reloptions "
-            f"FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = {int(oid)}"
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            f"WHERE i.inhparent = {int(oid)}"
         )
         _, rows = _result_sets(cursor)
         for name, bound, size, rows_, kind, pending, options in rows:

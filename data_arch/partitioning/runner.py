@@ -893,9 +893,9 @@ def _locked_without_unplanned(schema: str, name: str, action: Action) -> Callabl
     plan's (one round trip); raises :class:`MaintenanceError` for any the plan did not list."""
 
     def check(cursor: Any) -> None:
+        relation = f"{sql.text_literal(sql.qualified(schema, name))}::regclass"
         cursor.execute(
-            f"{sql.lock_detached(schema, name)};\n"
-            f"{catalog.dependents_query(sql.text_literal(sql.qualified(schema, name)) + '::regclass')}"
+            f"{sql.lock_detached(schema, name)};\n{catalog.dependents_query(relation)}"
         )
         while cursor.description is None and cursor.nextset():
             pass  # past the LOCK's result, to the dependents'

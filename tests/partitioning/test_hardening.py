@@ -263,7 +263,8 @@ def test_a_dependent_made_after_the_detach_is_not_dropped_by_cascade(events):
     the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW, cascade=True)
     [action] = [a for a in the_plan.tables[0].actions if a.partition == "events_event_p2026_01"]
     assert action.cascade == ("january",)
-    execute(events, f"""
+    try:
+        execute(events, f"""
         CREATE FUNCTION {sql.quote(events)}.view_after_detach() RETURNS event_trigger
         LANGUAGE plpgsql AS $$
         BEGIN
@@ -275,9 +276,8 @@ def test_a_dependent_made_after_the_detach_is_not_dropped_by_cascade(events):
                 )};
             END IF;
         END $$""")
-    execute(events, "CREATE EVENT TRIGGER view_after_detach ON ddl_command_end "
-                    f"WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION {sql.quote(events)}.view_after_detach()")
-    try:
+        execute(events, "CREATE EVENT TRIGGER view_after_detach ON ddl_command_end WHEN TAG IN "
+                        f"('ALTER TABLE') EXECUTE FUNCTION {sql.quote(events)}.view_after_detach()")
         result = apply(the_plan)
         assert [f.action for f in result.failures] == ["drop events_event_p2026_01"]
         assert "late" in result.failures[0].error
