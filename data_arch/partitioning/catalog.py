@@ -573,20 +573,20 @@ class RowSecurity:
 
 
 def row_security(using: str, schema: str, table: str) -> RowSecurity:
+    """The parent's row-level security and its policies (by name), in one round trip."""
     with _cursor(using) as cursor:
         cursor.execute(
-            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
-            [sql.qualified(schema, table)],
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, (SELECT json_agg(json_build_array("
+            "p.policyname, p.permissive, p.cmd, p.roles, p.qual, p.with_check) "
+            "ORDER BY p.policyname) FROM pg_policies p "
+            "WHERE p.schemaname = %s AND p.tablename = %s) "
+            "FROM pg_class c WHERE c.oid = %s::regclass",
+            [schema, table, sql.qualified(schema, table)],
         )
-        enabled, forced = cursor.fetchone()
-        cursor.execute(
-            "SELECT policyname, permissive, cmd, roles, qual, with_check FROM pg_policies "
-            "WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
-            [schema, table],
-        )
+        enabled, forced, rows = cursor.fetchone()
         policies = tuple(
             (name, permissive, cmd, tuple(roles), qual, check)
-            for name, permissive, cmd, roles, qual, check in cursor.fetchall()
+            for name, permissive, cmd, roles, qual, check in rows or ()
         )
     return RowSecurity(enabled, forced, policies)
 
