@@ -46,6 +46,17 @@ def one_cursor(using: str) -> Iterator[None]:
             _SHARED.reset(token)
 
 
+def _result_sets(cursor: Any) -> list[list[tuple]]:
+    """The rows of each statement of the last ``execute`` that returned any columns, in order
+    (several statements sent as one, without parameters)."""
+    sets = []
+    while True:
+        if cursor.description is not None:
+            sets.append(cursor.fetchall())
+        if not cursor.nextset():
+            return sets
+
+
 def _cursor(using: str) -> Any:
     shared = _SHARED.get()
     if shared and using in shared:
@@ -267,47 +278,51 @@ def read_table(
         return None
     oid, partitioned = found
     partitions: list[Partition] = []
-    with transaction.atomic(using=using), _cursor(using) as cursor:
-        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+    with _cursor(using) as cursor:
+        # No parameters, so several statements in one round trip; TimeZone set for their
+        # transaction (the statements' own, or the caller's) prints the bounds in UTC.
         cursor.execute(
+            "SELECT set_config('TimeZone', 'UTC', true);\n"
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), "
             "GREATEST(c.reltuples, 0)::bigint, c.relkind, i.inhdetachpending, c.reloptions "
-            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
-            [oid],
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            f"WHERE i.inhparent = {int(oid)}"
         )
-        for name, bound, size, rows, kind, pending, options in cursor.fetchall():
+        _, rows = _result_sets(cursor)
+        for name, bound, size, rows_, kind, pending, options in rows:
             is_default, start, end = parse_bounds(bound)
             partitions.append(
                 Partition(
-                    name, start, end, is_default, size, rows, kind, bool(pending),
+                    name, start, end, is_default, size, rows_, kind, bool(pending),
                     None if is_default else bound_texts(bound), tuple(options or ()),
                 )
             )
         default = next((p for p in partitions if p.is_default), None)
-        default_rows = 0
-        if default is not None:
-            cursor.execute(f"SELECT count(*) FROM {sql.qualified(schema, default.name)}")
-            default_rows = cursor.fetchone()[0]
-        # Partitioned indexes of the parent and, per partition, whether a child index is attached
-        # (a foreign table has no indexes of its own: not drift).
+        # The default's rows; partitioned indexes of the parent and, per partition, whether a
+        # child index is attached (a foreign table has no indexes of its own: not drift); the
+        # parent's indexes. One round trip.
+        counted = (
+            f"SELECT count(*) FROM {sql.qualified(schema, default.name)};\n"
+            if default is not None else ""
+        )
         cursor.execute(
+            f"{counted}"
             "SELECT pi.relname, part.relname FROM pg_index x "
             "JOIN pg_class pi ON pi.oid = x.indexrelid AND pi.relkind = 'I' "
             "CROSS JOIN pg_inherits ih JOIN pg_class part ON part.oid = ih.inhrelid "
             "AND part.relkind <> 'f' "
-            "WHERE x.indrelid = %(oid)s AND ih.inhparent = %(oid)s AND NOT EXISTS ("
+            f"WHERE x.indrelid = {int(oid)} AND ih.inhparent = {int(oid)} AND NOT EXISTS ("
             "  SELECT 1 FROM pg_inherits ii JOIN pg_index cx ON cx.indexrelid = ii.inhrelid "
-            "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid)",
-            {"oid": oid},
+            "  WHERE ii.inhparent = pi.oid AND cx.indrelid = part.oid);\n"
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            f"WHERE x.indrelid = {int(oid)}"
         )
+        sets = _result_sets(cursor)
+        default_rows = sets.pop(0)[0][0] if default is not None else 0
         drift: dict[str, list[str]] = {}
-        for index, partition in cursor.fetchall():
+        for index, partition in sets[0]:
             drift.setdefault(index, []).append(partition)
-        cursor.execute(
-            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = %s",
-            [oid],
-        )
-        present = {row[0] for row in cursor.fetchall()}
+        present = {row[0] for row in sets[1]}
     missing = sorted(set(declared_indexes or ()) - present)
     return TableState(
         schema, table, partitioned, tuple(partitions), default, default_rows, drift, missing
@@ -318,14 +333,16 @@ def default_row_months(
     using: str, schema: str, default: str, column: str
 ) -> dict[dt.datetime, int]:
     """Rows in the default partition grouped by UTC month."""
-    with transaction.atomic(using=using), _cursor(using) as cursor:
-        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+    with _cursor(using) as cursor:
+        # No parameters: one round trip, TimeZone set for its transaction (see read_table).
         cursor.execute(
+            "SELECT set_config('TimeZone', 'UTC', true);\n"
             f"SELECT date_trunc('month', {sql.quote(column)}), count(*) FROM "
             f"{sql.qualified(schema, default)} WHERE {sql.quote(column)} >= '0001-01-01+00' "
             f"AND {sql.quote(column)} < '9999-12-01+00' GROUP BY 1"
         )
-        return {month.astimezone(dt.UTC): count for month, count in cursor.fetchall()}
+        _, rows = _result_sets(cursor)
+        return {month.astimezone(dt.UTC): count for month, count in rows}
 
 
 def columns(using: str, schema: str, table: str) -> list[str]:
@@ -460,17 +477,77 @@ def staging_tables(using: str, schema: str, table: str) -> list[StagingTable]:
     return found
 
 
+def dependents_query(relation: str) -> str:
+    """The views and other objects that depend on the relation whose oid is the SQL expression
+    ``relation``, one name a row (a DROP without CASCADE fails while there is any)."""
+    return (
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
+        "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+        f"WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = {relation} "
+        "AND v.oid <> d.refobjid ORDER BY 1"
+    )
+
+
 def dependent_objects(using: str, schema: str, name: str) -> list[str]:
     """Views and other objects that depend on ``schema.name`` (a DROP without CASCADE fails)."""
     with _cursor(using) as cursor:
-        cursor.execute(
-            "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r "
-            "ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
-            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass "
-            "AND v.oid <> d.refobjid ORDER BY 1",
-            [sql.qualified(schema, name)],
-        )
+        cursor.execute(dependents_query("%s::regclass"), [sql.qualified(schema, name)])
         return [row[0] for row in cursor.fetchall()]
+
+
+def retirement_reads(
+    using: str, schema: str, names: list[str]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Per table of ``names`` in ``schema``: the objects that depend on it
+    (:func:`dependent_objects`) and its foreign keys (:func:`foreign_keys`), in one round trip."""
+    if not names:
+        return {}
+    with _cursor(using) as cursor:
+        cursor.execute(
+            f"SELECT c.relname, ARRAY({dependents_query('c.oid')}), "
+            "ARRAY(SELECT k.conname::text FROM pg_constraint k WHERE k.conrelid = c.oid "
+            "AND k.contype = 'f' ORDER BY k.conname) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            [schema, list(names)],
+        )
+        return {name: (list(deps), list(fks)) for name, deps, fks in cursor.fetchall()}
+
+
+def retired_partition(
+    cursor: Any, schema: str, table: str, name: str, young_ms: int
+) -> tuple[Partition, bool, list[str], list[str], bool] | None:
+    """What retiring the partition ``name`` of ``schema.table`` starts from, in one round
+    trip: the partition (None when it is no partition of the table, or the table is gone),
+    whether the table has a default partition, the partition's foreign keys, the objects that
+    depend on it, and whether a transaction older than ``young_ms`` holds a lock on the table
+    (as the runner's wait for quiet asks), on ``cursor``. The partition's bounds are not read
+    (retention needs its name and whether a detach of it is pending)."""
+    cursor.execute(
+        "SELECT x.pending, x.is_default, "
+        "EXISTS (SELECT 1 FROM pg_inherits di JOIN pg_class dc ON dc.oid = di.inhrelid "
+        "WHERE di.inhparent = p.oid AND pg_get_expr(dc.relpartbound, dc.oid) = 'DEFAULT'), "
+        "ARRAY(SELECT k.conname::text FROM pg_constraint k WHERE k.conrelid = x.oid "
+        "AND k.contype = 'f' ORDER BY k.conname), "
+        f"ARRAY({dependents_query('x.oid')}), "
+        "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() "
+        "AND l.relation = p.oid "
+        "AND a.xact_start < clock_timestamp() - %s * interval '1 millisecond') "
+        "FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace "
+        "JOIN LATERAL (SELECT c.oid, i.inhdetachpending AS pending, "
+        "pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = p.oid AND c.relname = %s AND c.relnamespace = pn.oid) x ON true "
+        "WHERE pn.nspname = %s AND p.relname = %s AND p.relkind IN ('r', 'p')",
+        [young_ms, name, schema, table],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    pending, is_default, has_default, fks, dependents, busy = row
+    partition = Partition(name, None, None, bool(is_default), detach_pending=bool(pending))
+    return partition, bool(has_default), list(fks), list(dependents), bool(busy)
 
 
 def foreign_key_definitions(using: str, schema: str, table: str) -> list[tuple[str, str]]:
@@ -496,20 +573,20 @@ class RowSecurity:
 
 
 def row_security(using: str, schema: str, table: str) -> RowSecurity:
+    """The parent's row-level security and its policies (by name), in one round trip."""
     with _cursor(using) as cursor:
         cursor.execute(
-            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
-            [sql.qualified(schema, table)],
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, (SELECT json_agg(json_build_array("
+            "p.policyname, p.permissive, p.cmd, p.roles, p.qual, p.with_check) "
+            "ORDER BY p.policyname) FROM pg_policies p "
+            "WHERE p.schemaname = %s AND p.tablename = %s) "
+            "FROM pg_class c WHERE c.oid = %s::regclass",
+            [schema, table, sql.qualified(schema, table)],
         )
-        enabled, forced = cursor.fetchone()
-        cursor.execute(
-            "SELECT policyname, permissive, cmd, roles, qual, with_check FROM pg_policies "
-            "WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
-            [schema, table],
-        )
+        enabled, forced, rows = cursor.fetchone()
         policies = tuple(
             (name, permissive, cmd, tuple(roles), qual, check)
-            for name, permissive, cmd, roles, qual, check in cursor.fetchall()
+            for name, permissive, cmd, roles, qual, check in rows or ()
         )
     return RowSecurity(enabled, forced, policies)
 

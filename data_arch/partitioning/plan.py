@@ -684,11 +684,16 @@ def _table_plan(
         )
     if cutoff is not None:
         tenant_schemas: set[str] | None = None
-        for partition in ranged:
-            if partition.end is None or partition.start is None or partition.end > cutoff:
-                continue  # retention by END: only a partition entirely older than the cutoff goes
-            if partition.kind != "r":
-                continue  # foreign tables and sub-partitioned children are reported, not touched
+        # retention by END: only a partition entirely older than the cutoff goes; foreign
+        # tables and sub-partitioned children are reported, not touched
+        due = [
+            p for p in ranged
+            if p.end is not None and p.start is not None and p.end <= cutoff and p.kind == "r"
+        ]
+        # Each one's dependents and foreign keys, all in one round trip.
+        retiring = catalog.retirement_reads(using, schema, [p.name for p in due])
+        for partition in due:
+            depending, fks = retiring.get(partition.name, ([], []))
             if mode == "archive":
                 target = archive_schema_for(schema, settings)
                 if tenant_schemas is None:
@@ -701,7 +706,7 @@ def _table_plan(
                     continue
             dependents: tuple[str, ...] = ()
             if mode == "drop":
-                dependents = tuple(catalog.dependent_objects(using, schema, partition.name))
+                dependents = tuple(depending)
                 if dependents and not cascade:
                     problems.append(
                         f"cannot drop {partition.name}: {', '.join(dependents)} depend(s) on "
@@ -709,7 +714,6 @@ def _table_plan(
                         "it: --cascade, or PARTITIONS.DROP_CASCADE)"
                     )
                     continue
-            fks = catalog.foreign_keys(using, schema, partition.name)
             steps = retention_steps(
                 mode, schema, table, partition, concurrently, settings, fks, dependents
             )

@@ -30,6 +30,7 @@ from django.db import DatabaseError, connections, transaction
 from data_arch.conf import PartitionSettings, partition_settings
 from data_arch.partitioning import catalog, sql
 from data_arch.partitioning.plan import (
+    RETENTION_KINDS,
     Action,
     PartitionError,
     Plan,
@@ -578,12 +579,14 @@ def _apply_action(runner: Runner, table: TablePlan, action: Action) -> bool:
         if known is None:
             return False
         return _create(runner, table, action, known.state, known)
+    if action.kind in RETENTION_KINDS:
+        return _retire(runner, table, action)
     state = catalog.read_table(runner.using, table.schema, table.table, table.column)
     if state is None:
         return False
     if action.kind == "create":
         return _create(runner, table, action, state)
-    return _retire(runner, table, action, state)
+    return False
 
 
 def _count_in_default(cursor: Any, schema: str, default: str, column: str, action: Action) -> int:
@@ -831,47 +834,79 @@ def _create_once(
     return True
 
 
-def _retire(runner: Runner, table: TablePlan, action: Action, state: catalog.TableState) -> bool:
+def _retire(runner: Runner, table: TablePlan, action: Action) -> bool:
+    """Retire one partition: its DETACH (or FINALIZE), then the drop, the foreign keys' drop
+    or the move to the archive schema, each in its own transaction.
+
+    One statement, before any transaction and holding nothing, reads what the steps are built
+    from (the partition, whether the table has a default, the partition's foreign keys and
+    dependents) and whether the table is quiet. The DETACH itself fails when the partition is
+    no longer one; the drop locks the detached table, then compares its dependents with the
+    plan's again.
+    """
     using, schema = runner.using, table.schema
-    partition = next((p for p in state.partitions if p.name == action.partition), None)
-    if partition is None or partition.is_default:
-        return False
-    concurrently = any(not step.atomic for step in action.steps) and detach_concurrently(
-        using, runner.settings, state.default is not None
-    )
-    steps = retention_steps(
-        action.kind, schema, table.table, partition, concurrently, runner.settings,
-        catalog.foreign_keys(using, schema, partition.name), action.cascade,
-    )
-    if action.kind == "drop":
-        _refuse_unplanned_dependents(using, schema, partition.name, action)
-    parent = [sql.qualified(schema, table.table)]
-    for step in steps:
-        statements: list[Any] = list(step.statements)
-        if step.name == "drop":
-            # Locked, then compared again: a view made since the check above is not dropped.
-            statements = [
-                sql.lock_detached(schema, partition.name),
-                lambda _: _refuse_unplanned_dependents(using, schema, partition.name, action),
-                *statements,
-            ]
-        if not step.atomic:
-            runner.wait_for_quiet(parent)
-            runner.bare(step.statements[0])
-        else:
-            runner.transaction(
-                schema, table.table, statements,
-                parent if step.name in ("detach", "finalize") else None,
-            )
-        runner.ran(table, step.name, partition.name)
+    with connections[using].cursor() as cursor:
+        read = catalog.retired_partition(
+            cursor, schema, table.table, action.partition, runner.young_ms()
+        )
+        if read is None:
+            return False  # the table is gone, or the partition is no longer one of its
+        partition, has_default, foreign_keys, dependents, busy = read
+        if partition.is_default:
+            return False
+        concurrently = any(not step.atomic for step in action.steps) and detach_concurrently(
+            using, runner.settings, has_default
+        )
+        steps = retention_steps(
+            action.kind, schema, table.table, partition, concurrently, runner.settings,
+            foreign_keys, action.cascade,
+        )
+        if action.kind == "drop":
+            _refuse_unplanned(dependents, partition.name, action)
+        parent = [sql.qualified(schema, table.table)]
+        probed = not busy  # the read above found the parent quiet
+        for step in steps:
+            statements: list[Any] = list(step.statements)
+            if step.name == "drop":
+                # Locked, then compared again: a view made since the read above is not dropped.
+                statements = [
+                    _locked_without_unplanned(schema, partition.name, action), *statements
+                ]
+            quiet = step.name in ("detach", "finalize")
+            if not step.atomic:
+                if not probed:
+                    runner.wait_for_quiet(parent, cursor=cursor)
+                runner.bare(step.statements[0])
+            else:
+                runner.transaction(
+                    schema, table.table, statements, parent if quiet else None,
+                    probed=probed, cursor=cursor,
+                )
+            if quiet:
+                probed = False  # a later step waits again
+            runner.ran(table, step.name, partition.name)
     return True
 
 
-def _refuse_unplanned_dependents(using: str, schema: str, name: str, action: Action) -> None:
+def _locked_without_unplanned(schema: str, name: str, action: Action) -> Callable[[Any], None]:
+    """Under the step's try-lock: lock the detached table, then compare its dependents with the
+    plan's (one round trip); raises :class:`MaintenanceError` for any the plan did not list."""
+
+    def check(cursor: Any) -> None:
+        relation = f"{sql.text_literal(sql.qualified(schema, name))}::regclass"
+        cursor.execute(
+            f"{sql.lock_detached(schema, name)};\n{catalog.dependents_query(relation)}"
+        )
+        while cursor.description is None and cursor.nextset():
+            pass  # past the LOCK's result, to the dependents'
+        _refuse_unplanned([row[0] for row in cursor.fetchall()], name, action)
+
+    return check
+
+
+def _refuse_unplanned(dependents: list[str], name: str, action: Action) -> None:
     """A drop takes along only the dependents its plan listed (none without --cascade)."""
-    unplanned = [
-        d for d in catalog.dependent_objects(using, schema, name) if d not in action.cascade
-    ]
+    unplanned = [d for d in dependents if d not in action.cascade]
     if not unplanned:
         return
     how = (

@@ -253,6 +253,44 @@ def test_a_dependent_that_appears_after_the_plan_is_not_dropped_by_cascade(event
         execute(events, "DROP VIEW IF EXISTS january")
 
 
+def test_a_dependent_made_after_the_detach_is_not_dropped_by_cascade(events):
+    """The drop compares the dependents with the plan's again under its lock: a view made
+    between the DETACH and the DROP (here by an event trigger at the end of the DETACH's
+    ALTER TABLE, after the run's read) is refused, not taken along by CASCADE."""
+    apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
+    january = sql.qualified(events, "events_event_p2026_01")
+    execute(events, f"CREATE VIEW january AS SELECT * FROM {january}")
+    the_plan = plan(models_=["events.Event"], ahead=3, retain=3, now=NOW, cascade=True)
+    [action] = [a for a in the_plan.tables[0].actions if a.partition == "events_event_p2026_01"]
+    assert action.cascade == ("january",)
+    try:
+        execute(events, f"""
+        CREATE FUNCTION {sql.quote(events)}.view_after_detach() RETURNS event_trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass(
+                        {sql.text_literal(january)}))
+               AND to_regclass({sql.text_literal(sql.qualified(events, "late"))}) IS NULL THEN
+                EXECUTE {sql.text_literal(
+                    f"CREATE VIEW {sql.qualified(events, 'late')} AS SELECT * FROM {january}"
+                )};
+            END IF;
+        END $$""")
+        execute(events, "CREATE EVENT TRIGGER view_after_detach ON ddl_command_end WHEN TAG IN "
+                        f"('ALTER TABLE') EXECUTE FUNCTION {sql.quote(events)}.view_after_detach()")
+        result = apply(the_plan)
+        assert [f.action for f in result.failures] == ["drop events_event_p2026_01"]
+        assert "late" in result.failures[0].error
+        assert _relation_exists(events, "late") and _relation_exists(events, "january")
+        assert _relation_exists(events, "events_event_p2026_01")  # detached, not dropped
+        assert "events_event_p2026_02" not in months_after_apply(events)
+    finally:
+        execute(events, "DROP EVENT TRIGGER IF EXISTS view_after_detach")
+        execute(events, f"DROP FUNCTION IF EXISTS {sql.quote(events)}.view_after_detach()")
+        execute(events, "DROP VIEW IF EXISTS late")
+        execute(events, "DROP VIEW IF EXISTS january")
+
+
 def test_cascade_comes_from_the_setting_or_the_command_option(events, capsys):
     apply(plan(models_=["events.Event"], ahead=8, now=at(2026, 1, 10)))
     execute(events, "CREATE VIEW january AS SELECT * FROM events_event_p2026_01")
